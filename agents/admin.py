@@ -1,0 +1,516 @@
+"""Admin for agents, and the admin plumbing the other apps share.
+
+Staff edits behave like API edits: every save goes through the app's services, JSON
+columns are checked by the validators on the model fields, and a staff member who is not
+a superuser works on their own agents (and what hangs off them) only.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.utils import model_ngettext
+from django.db import models
+from django.db.models import Count, QuerySet
+from django.forms.fields import InvalidJSONInput
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest
+from django.utils.html import format_html
+from django.utils.text import Truncator
+
+from integrations.models import Integration
+from integrations.services import INTEGRATION_FIELDS, integration_create, integration_update
+from sequences.models import Sequence
+from sequences.services import SEQUENCE_FIELDS, sequence_create, sequence_update
+from triggers.models import Trigger
+from triggers.services import TRIGGER_FIELDS, trigger_create, trigger_update
+
+from .models import Agent, AgentCrmAccess, ExecutionLog, LiveEvent
+from .selectors import owned
+from .services import (
+    AGENT_FIELDS,
+    CRM_ACCESS_FIELDS,
+    agent_create,
+    agent_delete,
+    agent_duplicate,
+    agent_set_active,
+    agent_update,
+)
+
+# --- JSON columns: edited as indented JSON -----------------------------------------------
+
+
+class JSONTextarea(forms.Textarea):
+    """A monospace textarea as tall as the JSON in it (within reason)."""
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        base = {"class": "vLargeTextField", "style": "font-family: monospace", "spellcheck": "false"}
+        super().__init__(base | (attrs or {}))
+
+    def get_context(self, name, value, attrs):
+        context = super().get_context(name, value, attrs)
+        lines = str(context["widget"]["value"] or "").count("\n") + 2
+        context["widget"]["attrs"]["rows"] = min(max(lines, 3), 30)
+        return context
+
+
+class PrettyJSONField(forms.JSONField):
+    """Django's JSON form field, shown indented instead of on one line.
+
+    An emptied textarea means the column's empty value (``[]``, ``{}``), not NULL, which
+    the columns do not take.
+    """
+
+    widget = JSONTextarea
+
+    def __init__(self, *, empty_json: Any = None, **kwargs: Any) -> None:
+        self.empty_json = empty_json
+        super().__init__(**kwargs)
+
+    def to_python(self, value: Any) -> Any:
+        if not self.disabled and value in self.empty_values:
+            return copy.deepcopy(self.empty_json)
+        return super().to_python(value)
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, InvalidJSONInput):
+            return value
+        return json.dumps(value, ensure_ascii=False, indent=2, cls=self.encoder)
+
+
+class PrettyJSONMixin:
+    """JSON columns of a model admin or inline as indented JSON textareas."""
+
+    formfield_overrides = {models.JSONField: {"form_class": PrettyJSONField, "widget": JSONTextarea}}
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if isinstance(db_field, models.JSONField) and not db_field.null:
+            kwargs.setdefault("empty_json", db_field.get_default())
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+
+def pretty_json(value: Any) -> str:
+    """A read-only JSON value, indented."""
+    return format_html(
+        '<pre style="margin: 0; white-space: pre-wrap">{}</pre>', json.dumps(value, ensure_ascii=False, indent=2)
+    )
+
+
+# --- Saving through the services ---------------------------------------------------------
+
+
+def form_data(form: forms.ModelForm, allowed: Iterable[str]) -> dict[str, Any]:
+    """The form's cleaned values of the fields a service accepts (read-only ones are absent)."""
+    return {name: form.cleaned_data[name] for name in allowed if name in form.cleaned_data}
+
+
+def adopt(target: models.Model, saved: models.Model) -> None:
+    """Make the form's instance the row a service created.
+
+    The admin keeps using the instance it built the form with (inlines hang off it, the
+    history and the redirect need its id), while create services build their own.
+    """
+    for field in saved._meta.concrete_fields:
+        setattr(target, field.attname, getattr(saved, field.attname))
+    target._state.adding = False
+    target._state.db = saved._state.db
+
+
+class ServiceInlineFormSet(BaseInlineFormSet):
+    """Saves each inline object through its app's service instead of ``form.save()``."""
+
+    allowed: tuple[str, ...] = ()
+
+    def create(self, data: dict[str, Any]) -> models.Model:
+        raise NotImplementedError
+
+    def update(self, obj: models.Model, data: dict[str, Any]) -> models.Model:
+        raise NotImplementedError
+
+    def service_data(self, form: forms.ModelForm) -> dict[str, Any]:
+        data = form_data(form, self.allowed)
+        if self.fk.name in self.allowed:
+            data[self.fk.name] = self.instance
+        return data
+
+    def save_new(self, form, commit=True):
+        if not commit:
+            return super().save_new(form, commit=commit)
+        return self.create(self.service_data(form))
+
+    def save_existing(self, form, obj, commit=True):
+        if not commit:
+            return super().save_existing(form, obj, commit=commit)
+        return self.update(obj, self.service_data(form))
+
+
+class CrmAccessFormSet(ServiceInlineFormSet):
+    allowed = CRM_ACCESS_FIELDS
+
+    def create(self, data):
+        return agent_update(agent=self.instance, data={}, crm_access=data).crm_access
+
+    def update(self, obj, data):
+        return self.create(data)
+
+
+class TriggerFormSet(ServiceInlineFormSet):
+    allowed = TRIGGER_FIELDS
+
+    def create(self, data):
+        return trigger_create(data=data)
+
+    def update(self, obj, data):
+        return trigger_update(trigger=obj, data=data)
+
+
+class SequenceFormSet(ServiceInlineFormSet):
+    allowed = SEQUENCE_FIELDS
+
+    def create(self, data):
+        return sequence_create(data=data)
+
+    def update(self, obj, data):
+        return sequence_update(sequence=obj, data=data)
+
+
+class IntegrationFormSet(ServiceInlineFormSet):
+    # no credentials here: they are set on the integration's own page
+    allowed = tuple(name for name in INTEGRATION_FIELDS if name != "credentials")
+
+    def create(self, data):
+        return integration_create(data=data)
+
+    def update(self, obj, data):
+        return integration_update(integration=obj, data=data)
+
+
+# --- Tenancy -------------------------------------------------------------------------------
+
+
+def is_admin_user(user) -> bool:
+    return bool(user.is_active and user.is_staff)
+
+
+def owner_id_of(obj: models.Model, owner_path: str) -> int | None:
+    *hops, last = owner_path.split("__")
+    for hop in hops:
+        obj = getattr(obj, hop)
+    return getattr(obj, f"{last}_id")
+
+
+class OwnedAdminMixin(PrettyJSONMixin):
+    """Superusers manage everything; other active staff manage their own agents and what
+    hangs off them, without Django model permissions.
+
+    The queryset is scoped to the user, so another user's object reads as "doesn't exist".
+    ``editable = False`` makes a history: viewable, deletable by superusers only.
+    """
+
+    owner_path = "agent__owner"
+    editable = True
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return owned(queryset, request.user, owner_path=self.owner_path)
+
+    def owns(self, request: HttpRequest, obj: models.Model | None) -> bool:
+        return obj is None or request.user.is_superuser or owner_id_of(obj, self.owner_path) == request.user.pk
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return is_admin_user(request.user)
+
+    def has_view_permission(self, request: HttpRequest, obj: models.Model | None = None) -> bool:
+        return is_admin_user(request.user) and self.owns(request, obj)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.editable and is_admin_user(request.user)
+
+    def has_change_permission(self, request: HttpRequest, obj: models.Model | None = None) -> bool:
+        return self.editable and self.has_view_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: models.Model | None = None) -> bool:
+        if not self.editable:
+            return is_admin_user(request.user) and request.user.is_superuser
+        return self.has_view_permission(request, obj)
+
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, _perms_needed, protected = super().get_deleted_objects(objs, request)
+        # What cascades from an object the user may delete (its CRM access, its execution
+        # log) goes with it; per-model delete permissions do not apply to it.
+        return deleted, counts, set(), protected
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.related_model is Agent and not request.user.is_superuser:
+            kwargs["queryset"] = Agent.objects.filter(owner=request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+class AgentPartInline(PrettyJSONMixin):
+    """An inline on the agent page: who may change the agent may change its parts."""
+
+    extra = 0
+
+    def _allowed(self, request: HttpRequest, agent: Agent | None) -> bool:
+        user = request.user
+        return is_admin_user(user) and (agent is None or user.is_superuser or agent.owner_id == user.pk)
+
+    def has_view_permission(self, request, obj=None):
+        return self._allowed(request, obj)
+
+    def has_add_permission(self, request, obj):
+        return self._allowed(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return self._allowed(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self._allowed(request, obj)
+
+
+def keys_set(integration: Integration | None) -> str:
+    """The names of the stored secrets, never their values."""
+    if integration is None or integration.pk is None:
+        return "—"
+    return ", ".join(integration.credential_keys) or "—"
+
+
+# --- Agent ---------------------------------------------------------------------------------
+
+
+class CrmAccessInline(AgentPartInline, admin.StackedInline):
+    model = AgentCrmAccess
+    formset = CrmAccessFormSet
+    fields = ["lead_fields", "contact_fields"]
+    min_num = 1
+    max_num = 1
+    can_delete = False
+
+
+class IntegrationInline(AgentPartInline, admin.TabularInline):
+    model = Integration
+    formset = IntegrationFormSet
+    fields = ["integration_type", "active", "config", "credentials_set"]
+    readonly_fields = ["credentials_set"]
+    show_change_link = True
+
+    @admin.display(description="credentials set")
+    def credentials_set(self, integration: Integration | None) -> str:
+        return keys_set(integration)
+
+
+class TriggerInline(AgentPartInline, admin.StackedInline):
+    model = Trigger
+    formset = TriggerFormSet
+    fields = ["name", "active", "conditions", "actions"]
+    show_change_link = True
+
+
+class SequenceInline(AgentPartInline, admin.StackedInline):
+    model = Sequence
+    formset = SequenceFormSet
+    fields = ["name", "active", "description", "trigger_config", "steps"]
+    show_change_link = True
+
+
+@admin.register(Agent)
+class AgentAdmin(OwnedAdminMixin, admin.ModelAdmin):
+    owner_path = "owner"
+    list_display = ["name", "owner", "active", "model", "trigger_count", "sequence_count", "updated_at"]
+    list_display_links = ["name"]
+    list_filter = ["active", "ai_model", "language_detection"]
+    search_fields = ["name", "instructions"]
+    list_select_related = ["owner"]
+    readonly_fields = ["created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["owner", "name", "active", "ai_model"]}),
+        ("Conversation", {"fields": ["instructions", "language_detection", "default_language", "schedule"]}),
+        ("History", {"fields": ["created_at", "updated_at"]}),
+    ]
+    inlines = [CrmAccessInline, IntegrationInline, TriggerInline, SequenceInline]
+    actions = ["activate", "deactivate", "duplicate"]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                trigger_count=Count("triggers", distinct=True),
+                sequence_count=Count("sequences", distinct=True),
+            )
+        )
+
+    def get_list_display(self, request):
+        shown = super().get_list_display(request)
+        return shown if request.user.is_superuser else [name for name in shown if name != "owner"]
+
+    def get_list_filter(self, request):
+        shown = list(super().get_list_filter(request))
+        return shown + [("owner", admin.RelatedOnlyFieldListFilter)] if request.user.is_superuser else shown
+
+    def get_search_fields(self, request):
+        shown = list(super().get_search_fields(request))
+        return shown + ["owner__username", "owner__email"] if request.user.is_superuser else shown
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if request.user.is_superuser:
+            return fieldsets
+        # the owner of a staff member's agent is that staff member
+        return [(name, {**opts, "fields": [f for f in opts["fields"] if f != "owner"]}) for name, opts in fieldsets]
+
+    @admin.display(description="AI model", ordering="ai_model")
+    def model(self, agent: Agent) -> str:
+        return agent.ai_model
+
+    @admin.display(description="triggers", ordering="trigger_count")
+    def trigger_count(self, agent: Agent) -> int:
+        return agent.trigger_count
+
+    @admin.display(description="sequences", ordering="sequence_count")
+    def sequence_count(self, agent: Agent) -> int:
+        return agent.sequence_count
+
+    def save_model(self, request, obj, form, change):
+        data = form_data(form, AGENT_FIELDS)
+        if change:
+            agent_update(agent=obj, data=data)
+        else:
+            owner = form.cleaned_data.get("owner") if request.user.is_superuser else None
+            adopt(obj, agent_create(owner=owner or request.user, data=data))
+
+    def delete_model(self, request, obj):
+        agent_delete(agent=obj)
+
+    def delete_queryset(self, request, queryset):
+        for agent in self._plain(queryset):
+            agent_delete(agent=agent)
+
+    @staticmethod
+    def _plain(queryset: QuerySet[Agent]) -> QuerySet[Agent]:
+        # the changelist's queryset is grouped (the counts), which SELECT … FOR UPDATE refuses
+        return Agent.objects.filter(pk__in=list(queryset.values_list("pk", flat=True)))
+
+    def _report(self, request, count: int, what: str) -> None:
+        self.message_user(request, f"{count} {model_ngettext(self.opts, count)} {what}.", messages.SUCCESS)
+
+    @admin.action(description="Activate selected agents", permissions=["change"])
+    def activate(self, request, queryset):
+        self._report(request, agent_set_active(agents=self._plain(queryset), active=True), "activated")
+
+    @admin.action(description="Deactivate selected agents", permissions=["change"])
+    def deactivate(self, request, queryset):
+        self._report(request, agent_set_active(agents=self._plain(queryset), active=False), "deactivated")
+
+    @admin.action(description="Duplicate selected agents (copies are inactive)", permissions=["add"])
+    def duplicate(self, request, queryset):
+        copies = [agent_duplicate(agent=agent) for agent in self._plain(queryset)]
+        self._report(request, len(copies), "duplicated")
+
+
+@admin.register(AgentCrmAccess)
+class AgentCrmAccessAdmin(OwnedAdminMixin, admin.ModelAdmin):
+    """Which CRM fields each agent reads; created with the agent, edited here or on its page."""
+
+    list_display = ["agent", "lead_field_count", "contact_field_count", "updated_at"]
+    list_select_related = ["agent"]
+    search_fields = ["agent__name"]
+    fields = ["agent", "lead_fields", "contact_fields", "updated_at"]
+    readonly_fields = ["agent", "updated_at"]
+
+    def has_add_permission(self, request):
+        return False  # every agent gets its CRM access when it is created
+
+    def has_delete_permission(self, request, obj=None):
+        return is_admin_user(request.user) and request.user.is_superuser
+
+    @admin.display(description="lead fields")
+    def lead_field_count(self, access: AgentCrmAccess) -> int:
+        return len(access.lead_fields or [])
+
+    @admin.display(description="contact fields")
+    def contact_field_count(self, access: AgentCrmAccess) -> int:
+        return len(access.contact_fields or [])
+
+    def save_model(self, request, obj, form, change):
+        agent_update(agent=obj.agent, data={}, crm_access=form_data(form, CRM_ACCESS_FIELDS))
+
+
+# --- Histories -----------------------------------------------------------------------------
+
+
+@admin.register(ExecutionLog)
+class ExecutionLogAdmin(OwnedAdminMixin, admin.ModelAdmin):
+    editable = False
+    list_display = ["created_at", "agent", "kind", "status", "lead", "ref", "duration", "error_excerpt"]
+    list_filter = ["kind", "status", ("agent", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["crm_lead_id__exact", "agent__name", "ref_type", "error"]
+    list_select_related = ["agent"]
+    date_hierarchy = "created_at"
+    fields = [
+        "agent",
+        "kind",
+        "status",
+        "ref_type",
+        "ref_id",
+        "crm_lead_id",
+        "detail_pretty",
+        "error",
+        "duration_ms",
+        "created_at",
+        "finished_at",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description="CRM lead", ordering="crm_lead_id")
+    def lead(self, log: ExecutionLog) -> int | None:
+        return log.crm_lead_id
+
+    @admin.display(description="ref")
+    def ref(self, log: ExecutionLog) -> str:
+        if not log.ref_type:
+            return "—"
+        return f"{log.ref_type} #{log.ref_id}" if log.ref_id is not None else log.ref_type
+
+    @admin.display(description="duration", ordering="duration_ms")
+    def duration(self, log: ExecutionLog) -> str:
+        return "—" if log.duration_ms is None else f"{log.duration_ms} ms"
+
+    @admin.display(description="error")
+    def error_excerpt(self, log: ExecutionLog) -> str:
+        return Truncator(log.error).chars(80)
+
+    @admin.display(description="detail")
+    def detail_pretty(self, log: ExecutionLog) -> str:
+        return pretty_json(log.detail)
+
+
+@admin.register(LiveEvent)
+class LiveEventAdmin(OwnedAdminMixin, admin.ModelAdmin):
+    owner_path = "owner"
+    editable = False
+    list_display = ["created_at", "type", "owner", "payload_excerpt"]
+    list_filter = ["type"]
+    search_fields = ["type"]
+    list_select_related = ["owner"]
+    fields = ["owner", "type", "payload_pretty", "created_at"]
+    readonly_fields = fields
+    ordering = ["-id"]
+
+    def get_list_display(self, request):
+        shown = super().get_list_display(request)
+        return shown if request.user.is_superuser else [name for name in shown if name != "owner"]
+
+    @admin.display(description="payload")
+    def payload_excerpt(self, event: LiveEvent) -> str:
+        return Truncator(json.dumps(event.payload, ensure_ascii=False)).chars(100)
+
+    @admin.display(description="payload")
+    def payload_pretty(self, event: LiveEvent) -> str:
+        return pretty_json(event.payload)

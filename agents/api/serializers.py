@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from config.api import StrictSerializer, inline_refs, model_json_field
+
+from ..models import Agent, AgentCrmAccess, ExecutionLog
+from ..schemas import Schedule
+
+FIELD_IDS = {"type": "array", "items": {"type": "integer", "minimum": 1}, "uniqueItems": True}
+
+
+class CrmAccessSerializer(StrictSerializer):
+    lead_fields = model_json_field(AgentCrmAccess, "lead_fields", FIELD_IDS)
+    contact_fields = model_json_field(AgentCrmAccess, "contact_fields", FIELD_IDS)
+
+    class Meta:
+        model = AgentCrmAccess
+        fields = ["lead_fields", "contact_fields"]
+
+
+class AgentSerializer(StrictSerializer):
+    schedule = model_json_field(
+        Agent,
+        "schedule",
+        {"oneOf": [inline_refs(Schedule.model_json_schema()), {"type": "object", "maxProperties": 0}]},
+    )
+    crm_access = CrmAccessSerializer(required=False)
+
+    class Meta:
+        model = Agent
+        fields = [
+            "id",
+            "name",
+            "active",
+            "instructions",
+            "ai_model",
+            "language_detection",
+            "default_language",
+            "schedule",
+            "crm_access",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+    def to_representation(self, instance: Agent) -> dict:
+        data = super().to_representation(instance)
+        if data.get("crm_access") is None:
+            data["crm_access"] = {"lead_fields": [], "contact_fields": []}
+        return data
+
+
+class ExecutionLogSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ExecutionLog
+        fields = [
+            "id",
+            "agent",
+            "kind",
+            "status",
+            "ref_type",
+            "ref_id",
+            "crm_lead_id",
+            "detail",
+            "error",
+            "duration_ms",
+            "created_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class OwnAgentField(serializers.PrimaryKeyRelatedField):
+    """An agent id the requesting user owns; any other id reads as "does not exist"."""
+
+    def get_queryset(self):
+        from ..selectors import agent_list
+
+        return agent_list(user=self.context["request"].user)

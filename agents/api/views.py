@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from ..models import ExecutionLog
+from ..selectors import agent_list, execution_log_list
+from ..services import agent_create, agent_delete, agent_duplicate, agent_update
+from .filters import agent_filterset
+from .serializers import AgentSerializer, ExecutionLogSerializer
+
+
+class AgentViewSet(viewsets.ModelViewSet):
+    """The user's agents, each with its CRM access embedded as ``crm_access``."""
+
+    serializer_class = AgentSerializer
+    filterset_fields = ["active"]
+
+    def get_queryset(self):
+        return agent_list(user=self.request.user)
+
+    def perform_create(self, serializer):
+        data = dict(serializer.validated_data)
+        crm_access = data.pop("crm_access", None)
+        serializer.instance = agent_create(owner=self.request.user, data=data, crm_access=crm_access)
+
+    def perform_update(self, serializer):
+        data = dict(serializer.validated_data)
+        crm_access = data.pop("crm_access", None)
+        if crm_access is not None and serializer.partial and serializer.instance:
+            # PATCH {"crm_access": {"lead_fields": [...]}} keeps the other list
+            crm_access = {
+                "lead_fields": crm_access.get("lead_fields", _access(serializer.instance, "lead_fields")),
+                "contact_fields": crm_access.get("contact_fields", _access(serializer.instance, "contact_fields")),
+            }
+        serializer.instance = agent_update(agent=serializer.instance, data=data, crm_access=crm_access)
+
+    def perform_destroy(self, instance):
+        agent_delete(agent=instance)
+
+    @extend_schema(request=None, responses={201: AgentSerializer})
+    @action(detail=True, methods=["post"])
+    def duplicate(self, request, pk=None):
+        """Copy the agent with its CRM access, triggers and sequences (inactive, no integrations)."""
+        copy = agent_duplicate(agent=self.get_object())
+        return Response(self.get_serializer(copy).data, status=status.HTTP_201_CREATED)
+
+
+def _access(agent, field: str) -> list[int]:
+    access = getattr(agent, "crm_access", None)
+    return list(getattr(access, field, []) or [])
+
+
+ExecutionLogFilter = agent_filterset(ExecutionLog, ["kind", "status", "crm_lead_id", "ref_type", "ref_id"])
+
+
+class ExecutionLogViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """What the system did: newest first; filter by agent, kind, status, CRM lead id."""
+
+    serializer_class = ExecutionLogSerializer
+    filterset_class = ExecutionLogFilter
+
+    def get_queryset(self):
+        return execution_log_list(user=self.request.user)

@@ -1,0 +1,132 @@
+"""Every write to agents goes through here: the API, the admin and commands alike."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import QuerySet
+
+from config.services import model_save
+
+from .models import Agent, AgentCrmAccess, ExecutionLog
+from .realtime import send_event_on_commit
+
+AGENT_FIELDS = ("name", "active", "instructions", "ai_model", "language_detection", "default_language", "schedule")
+CRM_ACCESS_FIELDS = ("lead_fields", "contact_fields")
+
+
+def _notify(agent: Agent, change: str) -> None:
+    send_event_on_commit(
+        owner_id=agent.owner_id,
+        type="agent.changed",
+        payload={"agent_id": agent.id, "name": agent.name, "active": agent.active, "change": change},
+    )
+
+
+@transaction.atomic
+def agent_create(
+    *, owner: AbstractBaseUser, data: Mapping[str, Any], crm_access: Mapping[str, Any] | None = None
+) -> Agent:
+    agent = model_save(Agent(owner=owner), data, allowed=AGENT_FIELDS)
+    model_save(AgentCrmAccess(agent=agent), crm_access or {}, allowed=CRM_ACCESS_FIELDS)
+    _notify(agent, "created")
+    return agent
+
+
+@transaction.atomic
+def agent_update(*, agent: Agent, data: Mapping[str, Any], crm_access: Mapping[str, Any] | None = None) -> Agent:
+    """Update the agent and, when given, its CRM access, in one transaction."""
+    model_save(agent, data, allowed=AGENT_FIELDS)
+    if crm_access is not None:
+        access, _ = AgentCrmAccess.objects.select_for_update().get_or_create(agent=agent)
+        model_save(access, crm_access, allowed=CRM_ACCESS_FIELDS)
+        # keep a prefetched/cached copy on the instance current for the response
+        agent.crm_access = access
+    _notify(agent, "updated")
+    return agent
+
+
+@transaction.atomic
+def agent_set_active(*, agents: QuerySet[Agent], active: bool) -> int:
+    changed = list(agents.exclude(active=active).select_for_update())
+    for agent in changed:
+        agent.active = active
+        agent.save(update_fields=["active", "updated_at"])
+        _notify(agent, "activated" if active else "deactivated")
+    return len(changed)
+
+
+@transaction.atomic
+def agent_duplicate(*, agent: Agent, owner: AbstractBaseUser | None = None) -> Agent:
+    """A copy of the agent with its CRM access, triggers and sequences, inactive.
+
+    Integrations are not copied: their credentials (a bot token, a CRM grant) belong to
+    one agent, and two agents on one bot would answer the same lead twice.
+    """
+    from sequences.models import Sequence
+    from triggers.models import Trigger
+
+    access = AgentCrmAccess.objects.filter(agent=agent).first()
+    copy = agent_create(
+        owner=owner or agent.owner,
+        data={field: getattr(agent, field) for field in AGENT_FIELDS}
+        | {"name": f"{agent.name} (copy)"[:200], "active": False},
+        crm_access={field: getattr(access, field) for field in CRM_ACCESS_FIELDS} if access else None,
+    )
+    Trigger.objects.bulk_create(
+        Trigger(agent=copy, name=t.name, active=t.active, conditions=t.conditions, actions=t.actions)
+        for t in agent.triggers.all()
+    )
+    Sequence.objects.bulk_create(
+        Sequence(
+            agent=copy,
+            name=s.name,
+            description=s.description,
+            active=s.active,
+            trigger_config=s.trigger_config,
+            steps=s.steps,
+        )
+        for s in agent.sequences.all()
+    )
+    return copy
+
+
+@transaction.atomic
+def agent_delete(*, agent: Agent) -> None:
+    owner_id, agent_id, name = agent.owner_id, agent.id, agent.name
+    agent.delete()
+    send_event_on_commit(
+        owner_id=owner_id, type="agent.changed", payload={"agent_id": agent_id, "name": name, "change": "deleted"}
+    )
+
+
+def execution_log_write(
+    *,
+    agent: Agent | int,
+    kind: str,
+    status: str,
+    ref_type: str = "",
+    ref_id: int | None = None,
+    crm_lead_id: int | None = None,
+    detail: Mapping[str, Any] | None = None,
+    error: str = "",
+    duration_ms: int | None = None,
+) -> ExecutionLog:
+    """Append an entry to the execution log (later features log through this)."""
+    from django.utils import timezone
+
+    agent_id = agent if isinstance(agent, int) else agent.id
+    return ExecutionLog.objects.create(
+        agent_id=agent_id,
+        kind=kind,
+        status=status,
+        ref_type=ref_type,
+        ref_id=ref_id,
+        crm_lead_id=crm_lead_id,
+        detail=dict(detail or {}),
+        error=error,
+        duration_ms=duration_ms,
+        finished_at=timezone.now() if status != ExecutionLog.Status.STARTED else None,
+    )

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class CrmEvent(models.Model):
+    """One change in the CRM (a lead moved, a note was added, a message came in),
+    normalized from a webhook delivery and stored before it is acknowledged.
+
+    ``dedupe_key`` is a hash of the integration, the kind and the entity's data as the
+    CRM sent it, so a repeated delivery of the same change is stored once.
+    """
+
+    class Kind(models.TextChoices):
+        LEAD_ADDED = "lead_added"
+        LEAD_UPDATED = "lead_updated"
+        LEAD_STATUS_CHANGED = "lead_status_changed"
+        LEAD_RESPONSIBLE_CHANGED = "lead_responsible_changed"
+        LEAD_DELETED = "lead_deleted"
+        LEAD_RESTORED = "lead_restored"
+        NOTE_ADDED = "note_added"
+        CONTACT_ADDED = "contact_added"
+        CONTACT_UPDATED = "contact_updated"
+        CONTACT_DELETED = "contact_deleted"
+        INCOMING_MESSAGE = "incoming_message"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DONE = "done"
+        FAILED = "failed"
+
+    integration = models.ForeignKey("integrations.Integration", on_delete=models.CASCADE, related_name="crm_events")
+    kind = models.CharField(max_length=40, choices=Kind.choices)
+    entity_type = models.CharField(max_length=20)  # lead, contact, note, message
+    entity_id = models.BigIntegerField(null=True, blank=True)
+    lead_id = models.BigIntegerField(null=True, blank=True)
+    data = models.JSONField(default=dict, help_text="The entity as the CRM sent it, nested.")
+    dedupe_key = models.CharField(max_length=64)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["integration", "dedupe_key"], name="crm_event_once_per_change")]
+        indexes = [
+            models.Index(fields=["integration", "lead_id", "-id"], name="crm_event_lead"),
+            models.Index(fields=["status", "id"], name="crm_event_pending", condition=models.Q(status="pending")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.entity_type} {self.entity_id}"
+
+
+class CrmSnapshot(models.Model):
+    """The CRM account's fields, pipelines, users and tags as last synced, kept in the
+    database so that editors can show names even when the CRM is unreachable."""
+
+    integration = models.OneToOneField(
+        "integrations.Integration", on_delete=models.CASCADE, related_name="crm_snapshot"
+    )
+    lead_fields = models.JSONField(default=list)
+    contact_fields = models.JSONField(default=list)
+    pipelines = models.JSONField(default=list)
+    users = models.JSONField(default=list)
+    lead_tags = models.JSONField(default=list)
+    contact_tags = models.JSONField(default=list)
+    synced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "CRM snapshot"
+
+    def __str__(self) -> str:
+        return f"CRM snapshot of integration {self.integration_id}"

@@ -1,0 +1,94 @@
+"""Admin for integrations. Credentials are write-only here too: a staff member may replace
+them, and sees which keys are stored, never a value."""
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.contrib import admin
+from django.core.exceptions import ValidationError
+from django.utils.html import format_html_join
+
+from agents.admin import OwnedAdminMixin, adopt, form_data, keys_set
+from config.validation import raise_problems
+
+from .models import Integration
+from .schemas import check_credentials
+from .services import INTEGRATION_FIELDS, integration_create, integration_update
+
+MASK = "••••••••"
+
+
+class WriteOnlyTextarea(forms.Textarea):
+    """Never renders a value: secrets typed in are not sent back, not even after an error."""
+
+    def format_value(self, value):
+        return None
+
+
+class IntegrationAdminForm(forms.ModelForm):
+    new_credentials = forms.CharField(
+        label="New credentials",
+        required=False,
+        widget=WriteOnlyTextarea(
+            attrs={"rows": 4, "style": "font-family: monospace", "autocomplete": "off", "spellcheck": "false"}
+        ),
+        help_text='A JSON object of secrets, e.g. {"bot_token": "…"}: replaces all stored credentials '
+        "({} removes them). Leave blank to keep them. What you type here is never shown again, so re-enter it if the "
+        "form comes back with an error.",
+    )
+
+    class Meta:
+        model = Integration
+        fields = ["agent", "integration_type", "active", "config"]
+
+    def clean_new_credentials(self) -> dict[str, str] | None:
+        text = self.cleaned_data["new_credentials"].strip()
+        if not text:
+            return None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            # position only: the text around the mistake is part of a secret
+            raise ValidationError(
+                f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+                'expected an object such as {"bot_token": "…"}',
+                code="invalid",
+            ) from None
+        raise_problems("credentials", check_credentials(value))
+        return value
+
+
+@admin.register(Integration)
+class IntegrationAdmin(OwnedAdminMixin, admin.ModelAdmin):
+    form = IntegrationAdminForm
+    list_display = ["integration_type", "agent", "active", "credentials_set", "updated_at"]
+    list_filter = ["integration_type", "active", ("agent", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["agent__name", "integration_type"]
+    list_select_related = ["agent"]
+    readonly_fields = ["stored_credentials", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["agent", "integration_type", "active", "config"]}),
+        ("Credentials", {"fields": ["stored_credentials", "new_credentials"]}),
+        ("History", {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    @admin.display(description="credentials set")
+    def credentials_set(self, integration: Integration) -> str:
+        return keys_set(integration)
+
+    @admin.display(description="stored credentials")
+    def stored_credentials(self, integration: Integration | None) -> str:
+        keys = integration.credential_keys if integration and integration.pk else []
+        if not keys:
+            return "—"
+        return format_html_join("", "<div><code>{}: {}</code></div>", ((key, MASK) for key in keys))
+
+    def save_model(self, request, obj, form, change):
+        data = form_data(form, INTEGRATION_FIELDS)
+        if form.cleaned_data.get("new_credentials") is not None:
+            data["credentials"] = form.cleaned_data["new_credentials"]
+        if change:
+            integration_update(integration=obj, data=data)
+        else:
+            adopt(obj, integration_create(data=data))

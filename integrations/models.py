@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from config.validation import JSONValidator, raise_problems
+
+from .fields import EncryptedJSONField
+from .schemas import IntegrationType, check_config
+
+
+class Integration(models.Model):
+    """A connection of an agent to an outside service: the CRM, a calendar, a messenger.
+
+    ``credentials`` is encrypted at rest and write-only: it never leaves the server in an
+    API response, an admin page or a log line.
+    """
+
+    Type = IntegrationType
+
+    agent = models.ForeignKey("agents.Agent", on_delete=models.CASCADE, related_name="integrations")
+    integration_type = models.CharField(max_length=30, choices=IntegrationType.CHOICES)
+    config = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[JSONValidator("integrations.schemas.check_config", field="config")],
+        help_text="Non-secret settings of this connection (base URL, calendar id, phone number id…).",
+    )
+    credentials = EncryptedJSONField(
+        default=dict,
+        blank=True,
+        validators=[JSONValidator("integrations.schemas.check_credentials", field="credentials")],
+    )
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["agent_id", "integration_type", "id"]
+        indexes = [models.Index(fields=["agent", "integration_type"], name="integration_agent_type")]
+
+    def __str__(self) -> str:
+        return f"{self.get_integration_type_display()} of {self.agent}"
+
+    @property
+    def credential_keys(self) -> list[str]:
+        return sorted(self.credentials or {})
+
+    def clean(self) -> None:
+        # the config's shape depends on the type, which a field validator cannot see
+        try:
+            raise_problems("config", check_config(self.config, self.integration_type))
+        except ValidationError as exc:
+            raise ValidationError({"config": exc.messages}) from None
+
+
+class RateSlot(models.Model):
+    """The next free request slot of a rate-limited key, for processes without Redis
+    (integrations/ratelimit.py)."""
+
+    key = models.CharField(max_length=200, unique=True)
+    next_at = models.FloatField(default=0.0, help_text="Unix time of the next free slot.")
+
+    def __str__(self) -> str:
+        return self.key
