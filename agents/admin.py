@@ -14,6 +14,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import model_ngettext
+from django.contrib.admin.widgets import FilteredSelectMultiple
 from django.db import models
 from django.db.models import Count, QuerySet
 from django.forms.fields import InvalidJSONInput
@@ -22,6 +23,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
+from crm.services import field_names_for_agent
 from integrations.models import Integration
 from integrations.services import INTEGRATION_FIELDS, integration_create, integration_update
 from sequences.models import Sequence
@@ -284,6 +286,38 @@ def keys_set(integration: Integration | None) -> str:
 # --- Agent ---------------------------------------------------------------------------------
 
 
+class CrmFieldPicker(forms.TypedMultipleChoiceField):
+    """CRM fields picked by name from the CRM snapshot; their ids are stored."""
+
+    def __init__(self, *, names: dict[int, str], label: str, **kwargs: Any) -> None:
+        super().__init__(
+            coerce=int,
+            required=False,
+            label=label,
+            widget=FilteredSelectMultiple(label, is_stacked=False),
+            choices=sorted(((field_id, f"{name} ({field_id})") for field_id, name in names.items()), key=_by_name),
+            help_text="Only these fields of a lead or contact ever reach the AI model. Names come from the "
+            "last CRM sync (manage.py sync_crm_fields).",
+            **kwargs,
+        )
+        self.names = names
+
+    def valid_value(self, value: Any) -> bool:
+        # an id stored before the field was removed from the CRM stays valid (shown as unknown)
+        return super().valid_value(value) or str(value).isdigit()
+
+    def prepare_value(self, value: Any) -> Any:
+        ids = value if isinstance(value, list) else []
+        missing = [(i, f"unknown field ({i})") for i in ids if isinstance(i, int) and i not in self.names]
+        if missing:
+            self.choices = list(self.choices) + missing
+        return value
+
+
+def _by_name(choice: tuple[int, str]) -> str:
+    return choice[1].lower()
+
+
 class CrmAccessInline(AgentPartInline, admin.StackedInline):
     model = AgentCrmAccess
     formset = CrmAccessFormSet
@@ -291,6 +325,14 @@ class CrmAccessInline(AgentPartInline, admin.StackedInline):
     min_num = 1
     max_num = 1
     can_delete = False
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        names = field_names_for_agent(obj.pk) if obj is not None and obj.pk else None
+        if names:
+            for column, label in (("lead_fields", "Lead fields"), ("contact_fields", "Contact fields")):
+                formset.form.base_fields[column] = CrmFieldPicker(names=names[column], label=label)
+        return formset
 
 
 class IntegrationInline(AgentPartInline, admin.TabularInline):

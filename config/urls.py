@@ -1,10 +1,11 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from agents.api.views import AgentViewSet, ExecutionLogViewSet
+from crm.api import views as crm_views
 from integrations.api.views import IntegrationViewSet
 from sequences.api.views import SequenceViewSet
 from triggers.api.views import TriggerViewSet
@@ -20,7 +21,16 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include(router.urls)),
     path("api/auth/token/", obtain_auth_token, name="api-token"),
+    re_path(r"^api/crm/fields/leads/?$", crm_views.LeadFieldsView.as_view(), name="crm-lead-fields"),
+    re_path(r"^api/crm/fields/contacts/?$", crm_views.ContactFieldsView.as_view(), name="crm-contact-fields"),
+    re_path(r"^api/crm/pipelines/?$", crm_views.PipelinesView.as_view(), name="crm-pipelines"),
+    re_path(r"^api/crm/users/?$", crm_views.UsersView.as_view(), name="crm-users"),
+    re_path(r"^api/crm/tags/?$", crm_views.TagsView.as_view(), name="crm-tags"),
+    path("api/crm/oauth/start", crm_views.OAuthStartView.as_view(), name="crm-oauth-start-api"),
+    path("crm/oauth/start/<int:integration_id>", crm_views.oauth_start, name="crm-oauth-start"),
+    path("crm/oauth/callback", crm_views.oauth_callback, name="crm-oauth-callback"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("", include("crm.urls")),
     path("", include("agents.urls")),
 ]

@@ -1,4 +1,5 @@
 """Kommo / amoCRM REST API v4 client. Reference: https://www.kommo.com/developers/content/crm_platform/
+(amoCRM: https://www.amocrm.ru/developers/content/crm_platform/).
 
 One method per remote operation, frozen dataclasses out, typed errors
 (integrations/errors.py). The client knows nothing of the database: the access token and
@@ -9,26 +10,37 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urljoin
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
 from integrations import http
-from integrations.errors import AuthError, PermanentError, RateLimited, TransientError
+from integrations.errors import AuthError, IntegrationError, NotFound, PermanentError, RateLimited, TransientError
 
 logger = logging.getLogger(__name__)
 
 API = "/api/v4"
-PAGE_LIMIT = 250
-MAX_PAGES = 1000  # a runaway _links.next loop ends here
+PAGE_LIMIT = 250  # the largest page Kommo serves (custom fields come 50 a page whatever is asked)
+MAX_PAGES = 1000  # a runaway pagination ends here
 IDEMPOTENT = frozenset({"GET", "PATCH", "PUT", "DELETE"})
+
+T = TypeVar("T")
 
 
 # --- Results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    name: str
+    subdomain: str
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,7 @@ class Contact:
 class CreatedLead:
     lead_id: int
     contact_id: int | None
+    merged: bool = False  # Kommo's duplicate control joined the contact to an existing one
 
 
 @dataclass(frozen=True)
@@ -133,16 +146,22 @@ class TokenPair:
 
 @dataclass(frozen=True)
 class LeadUpdate:
-    """What update_lead changes; fields left None are not sent."""
+    """What update_lead changes; fields left None are not sent.
+
+    ``custom_fields`` maps a field id to a value, a list of values, a dict sent as it is
+    (``{"enum_id": 5}`` for a list field) or None, which clears the field. Tags are added
+    and removed one by one (``tags_to_add`` / ``tags_to_delete``, by name or by id): the
+    lead keeps the tags it has, unlike ``_embedded.tags``, which replaces them all.
+    """
 
     status_id: int | None = None
     pipeline_id: int | None = None
     price: int | None = None
     name: str | None = None
     responsible_user_id: int | None = None
-    custom_fields: Mapping[int, Any] | None = None  # field id → value or list of values
-    tags_to_add: Sequence[str] = ()
-    tags_to_delete: Sequence[str] = ()
+    custom_fields: Mapping[int, Any] | None = None
+    tags_to_add: Sequence[str | int] = ()
+    tags_to_delete: Sequence[str | int] = ()
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -158,23 +177,31 @@ class LeadUpdate:
         }
         if self.custom_fields:
             body["custom_fields_values"] = [
-                {
-                    "field_id": field_id,
-                    "values": [{"value": v} for v in (value if isinstance(value, list) else [value])],
-                }
+                {"field_id": int(field_id), "values": _field_values(value)}
                 for field_id, value in self.custom_fields.items()
             ]
         if self.tags_to_add:
-            body["tags_to_add"] = [{"name": name} for name in self.tags_to_add]
+            body["tags_to_add"] = [_tag_ref(tag) for tag in self.tags_to_add]
         if self.tags_to_delete:
-            body["tags_to_delete"] = [{"name": name} for name in self.tags_to_delete]
+            body["tags_to_delete"] = [_tag_ref(tag) for tag in self.tags_to_delete]
         return body
+
+
+def _field_values(value: Any) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, list | tuple | set | frozenset) else [value]
+    return [item if isinstance(item, Mapping) else {"value": item} for item in items]
+
+
+def _tag_ref(tag: str | int) -> dict[str, Any]:
+    return {"id": tag} if isinstance(tag, int) else {"name": str(tag)}
 
 
 # --- Parsing ---------------------------------------------------------------------------
 
 
-def _values(raw: Mapping[str, Any] | None) -> tuple[FieldValue, ...]:
+def _values(raw: Sequence[Mapping[str, Any]] | None) -> tuple[FieldValue, ...]:
     return tuple(
         FieldValue(
             field_id=int(item["field_id"]),
@@ -190,11 +217,15 @@ def _by_code(values: tuple[FieldValue, ...], code: str) -> tuple[str, ...]:
     return tuple(str(v) for fv in values if fv.field_code == code for v in fv.values if v not in (None, ""))
 
 
+def parse_account(raw: Mapping[str, Any]) -> Account:
+    return Account(id=int(raw["id"]), name=raw.get("name") or "", subdomain=raw.get("subdomain") or "")
+
+
 def parse_custom_field(raw: Mapping[str, Any]) -> CustomField:
     return CustomField(
         id=int(raw["id"]),
         name=raw.get("name") or "",
-        type=raw.get("type") or "",
+        type=str(raw.get("type") or ""),
         code=raw.get("code"),
         is_predefined=bool(raw.get("is_predefined")),
         enums=tuple(FieldEnum(id=int(e["id"]), value=str(e.get("value", ""))) for e in raw.get("enums") or []),
@@ -216,6 +247,14 @@ def parse_pipeline(raw: Mapping[str, Any]) -> Pipeline:
     )
 
 
+def parse_user(raw: Mapping[str, Any]) -> User:
+    return User(id=int(raw["id"]), name=raw.get("name") or "", email=raw.get("email") or "")
+
+
+def parse_tag(raw: Mapping[str, Any]) -> Tag:
+    return Tag(id=int(raw["id"]), name=raw.get("name") or "", color=raw.get("color"))
+
+
 def parse_lead(raw: Mapping[str, Any]) -> Lead:
     embedded = raw.get("_embedded") or {}
     contacts = embedded.get("contacts") or []
@@ -228,7 +267,7 @@ def parse_lead(raw: Mapping[str, Any]) -> Lead:
         pipeline_id=int(raw.get("pipeline_id") or 0),
         responsible_user_id=raw.get("responsible_user_id"),
         custom_fields=_values(raw.get("custom_fields_values")),
-        tags=tuple(Tag(id=int(t["id"]), name=t.get("name") or "") for t in embedded.get("tags") or []),
+        tags=tuple(parse_tag(t) for t in embedded.get("tags") or []),
         contact_ids=tuple(int(c["id"]) for c in contacts),
         main_contact_id=int(main["id"]) if main else (int(contacts[0]["id"]) if contacts else None),
         created_at=raw.get("created_at"),
@@ -252,6 +291,10 @@ def parse_contact(raw: Mapping[str, Any]) -> Contact:
     )
 
 
+def _digits(text: str) -> str:
+    return re.sub(r"\D", "", text)
+
+
 # --- The client ----------------------------------------------------------------------
 
 
@@ -259,7 +302,7 @@ def parse_contact(raw: Mapping[str, Any]) -> Contact:
 class RetryPolicy:
     attempts: int = 4  # tries of one call when the answer is 429 or 5xx or a timeout
     base_delay: float = 0.5
-    max_delay: float = 20.0
+    max_delay: float = 20.0  # a longer Retry-After is not waited for here: the error goes to the caller
     sleep: Callable[[float], None] = field(default=time.sleep)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
@@ -276,7 +319,7 @@ class KommoClient:
         base_url: str,
         access_token: str,
         *,
-        acquire: Callable[[], None] = lambda: None,
+        acquire: Callable[[], object] = lambda: None,
         retry: RetryPolicy | None = None,
         session: requests.Session | None = None,
     ) -> None:
@@ -284,123 +327,193 @@ class KommoClient:
         self._token = access_token
         self._acquire = acquire
         self._retry = retry or RetryPolicy()
-        self._session = session or http.session()
+        self._session = session  # None: the calling thread's shared session, looked up per call
 
     def __repr__(self) -> str:
         return f"KommoClient({self.base_url!r})"
 
     # transport
 
-    def _request(self, method: str, path_or_url: str, **kwargs: Any) -> Any:
-        url = path_or_url if path_or_url.startswith("http") else f"{self.base_url}{path_or_url}"
+    def _url(self, path_or_url: str) -> str:
+        """A path, or a link from an answer re-rooted at base_url: the token goes nowhere else."""
+        if path_or_url.startswith("/"):
+            return f"{self.base_url}{path_or_url}"
+        link = urlsplit(path_or_url)
+        query = link.query
+        if "page=" in link.fragment and "page=" not in query:  # old amoCRM links: "…?filter…#&page=2"
+            query = "&".join(part for part in (query, link.fragment.strip("&")) if part)
+        return urlunsplit(urlsplit(self.base_url)._replace(path=link.path, query=query, fragment=""))
+
+    def _request(
+        self, method: str, path_or_url: str, *, params: Mapping[str, Any] | None = None, json: Any = None
+    ) -> Any:
+        url = self._url(path_or_url)
+        path = urlsplit(url).path  # never the query: it can carry a phone number
+        what = f"{method} {path}"
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
-        what = f"{method} {path_or_url.split('?')[0]}"
+        session = self._session or http.session()
+        last = self._retry.attempts - 1
         for attempt in range(self._retry.attempts):
             self._acquire()
             started = time.monotonic()
+            sent = True  # whether the server may have got the request
+            # requests' own exceptions are not chained: some quote the request's headers
             try:
-                response = self._session.request(method, url, headers=headers, **kwargs)
+                response = session.request(method, url, headers=headers, params=params, json=json)
+            except requests.ConnectTimeout:
+                error: IntegrationError = TransientError(f"Kommo {what}: timed out connecting")
+                sent = False
             except requests.Timeout:
-                error: Exception = TransientError(f"Kommo {what}: timed out")
+                error = TransientError(f"Kommo {what}: timed out")
+            except requests.ConnectionError as exc:
+                error = TransientError(f"Kommo {what}: connection failed ({type(exc).__name__})")
             except requests.RequestException as exc:
-                error = TransientError(f"Kommo {what}: {type(exc).__name__}")
+                raise PermanentError(f"Kommo {what}: the request could not be sent ({type(exc).__name__})") from None
             else:
                 logger.info(
                     "crm.request",
                     extra={
                         "method": method,
-                        "path": path_or_url.split("?")[0],
+                        "path": path,
                         "status": response.status_code,
+                        "attempt": attempt + 1,
                         "ms": round((time.monotonic() - started) * 1000),
                     },
                 )
-                error = self._error_for(response, what)
-                if error is None:
-                    if response.status_code == 204 or not response.content:
-                        return None
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise PermanentError(
-                            f"Kommo {what}: the answer is not JSON", status=response.status_code
-                        ) from None
+                failure = self._error_for(response, what)
+                if failure is None:
+                    return self._body(response, what)
+                error = failure
             # A POST that timed out or got a 5xx may have been done (a task created):
-            # repeating it could do it twice, so only a 429 (refused, not done) is retried.
-            retryable = isinstance(error, RateLimited) or (method in IDEMPOTENT and isinstance(error, TransientError))
-            if not retryable or attempt == self._retry.attempts - 1:
+            # repeating it could do it twice, so only a 429 (refused, not done) or a
+            # connection never made is retried; the caller's idempotency handles the rest.
+            retryable = isinstance(error, RateLimited) or (
+                isinstance(error, TransientError) and (method in IDEMPOTENT or not sent)
+            )
+            retry_after = getattr(error, "retry_after", None)
+            if not retryable or attempt == last or (retry_after or 0) > self._retry.max_delay:
                 raise error
-            retry_after = error.retry_after if isinstance(error, RateLimited) else None
-            self._retry.sleep(self._retry.delay(attempt, retry_after))
+            delay = self._retry.delay(attempt, retry_after)
+            logger.warning(
+                "crm.retry",
+                extra={"method": method, "path": path, "error": type(error).__name__, "status": error.status,
+                       "attempt": attempt + 1, "delay": round(delay, 2)},
+            )  # fmt: skip
+            self._retry.sleep(delay)
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _error_for(response: requests.Response, what: str) -> Exception | None:
+    def _body(self, response: requests.Response, what: str) -> Any:
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise PermanentError(f"Kommo {what}: the answer is not JSON", status=response.status_code) from None
+
+    def _error_for(self, response: requests.Response, what: str) -> IntegrationError | None:
         status = response.status_code
         if status < 400:
             return None
-        detail = _problem_detail(response)
+        detail = _problem_detail(response, secrets=(self._token,))
+        message = f"Kommo {what}: {status} {detail}".rstrip()
         if status in (401, 403):
-            return AuthError(f"Kommo {what}: {status} {detail}".rstrip(), status=status)
+            return AuthError(message, status=status)
         if status == 429:
             return RateLimited(f"Kommo {what}: 429 too many requests", retry_after=_retry_after(response))
         if status >= 500:
-            return TransientError(f"Kommo {what}: {status} {detail}".rstrip(), status=status)
-        return PermanentError(f"Kommo {what}: {status} {detail}".rstrip(), status=status)
+            return TransientError(message, status=status, retry_after=_retry_after(response))
+        if status == 404:
+            return NotFound(message, status=status)
+        return PermanentError(message, status=status)
 
     def _pages(self, path: str, key: str, params: Mapping[str, Any] | None = None) -> Iterator[Mapping[str, Any]]:
-        """Every item of a listing, following ``_links.next`` to the end."""
-        url: str | None = path
-        query: Mapping[str, Any] | None = {"limit": PAGE_LIMIT, **(params or {})}
+        """Every item of a listing: ``_links.next`` is followed to the end (or, when an
+        answer counts pages without linking the next one, ``page`` + 1). 204: no items."""
+        base_params = {"limit": PAGE_LIMIT, **(params or {})}
+        url, query = path, dict(base_params)
+        followed: set[str] = set()
         for _ in range(MAX_PAGES):
-            if url is None:
-                return
             data = self._request("GET", url, params=query)
-            if not data:
+            if data is None:
                 return
-            yield from (data.get("_embedded") or {}).get(key) or []
+            if not isinstance(data, Mapping):
+                raise PermanentError(f"Kommo GET {path}: the answer is not a listing")
+            items = (data.get("_embedded") or {}).get(key) or []
+            if not items:
+                return
+            yield from items
             next_href = ((data.get("_links") or {}).get("next") or {}).get("href")
-            url, query = (urljoin(self.base_url + "/", next_href), None) if next_href else (None, None)
+            if next_href:
+                url, query = self._url(next_href), None
+                if url in followed:  # a link back to a page already read
+                    logger.warning("crm.pagination.loop", extra={"path": path})
+                    return
+                followed.add(url)
+            elif int(data.get("_page") or 0) < int(data.get("_page_count") or 0):
+                url, query = path, {**base_params, "page": int(data["_page"]) + 1}
+            else:
+                return
+        logger.warning("crm.pagination.too_long", extra={"path": path, "pages": MAX_PAGES})
 
-    # metadata
+    def _list(self, path: str, key: str, parse: Callable[[Mapping[str, Any]], T], **params: Any) -> list[T]:
+        return _parsed(parse, self._pages(path, key, params), f"GET {path}")
+
+    # account and metadata
+
+    def account(self) -> Account:
+        data = self._request("GET", f"{API}/account")
+        return _parsed_one(parse_account, data, f"GET {API}/account")
 
     def lead_custom_fields(self) -> list[CustomField]:
-        return [parse_custom_field(raw) for raw in self._pages(f"{API}/leads/custom_fields", "custom_fields")]
+        return self._list(f"{API}/leads/custom_fields", "custom_fields", parse_custom_field)
 
     def contact_custom_fields(self) -> list[CustomField]:
-        return [parse_custom_field(raw) for raw in self._pages(f"{API}/contacts/custom_fields", "custom_fields")]
+        return self._list(f"{API}/contacts/custom_fields", "custom_fields", parse_custom_field)
 
     def pipelines(self) -> list[Pipeline]:
-        return [parse_pipeline(raw) for raw in self._pages(f"{API}/leads/pipelines", "pipelines")]
+        return self._list(f"{API}/leads/pipelines", "pipelines", parse_pipeline)
 
     def users(self) -> list[User]:
-        return [
-            User(id=int(raw["id"]), name=raw.get("name") or "", email=raw.get("email") or "")
-            for raw in self._pages(f"{API}/users", "users")
-        ]
+        return self._list(f"{API}/users", "users", parse_user)
 
     def lead_tags(self) -> list[Tag]:
-        return [_tag(raw) for raw in self._pages(f"{API}/leads/tags", "tags")]
+        return self._list(f"{API}/leads/tags", "tags", parse_tag)
 
     def contact_tags(self) -> list[Tag]:
-        return [_tag(raw) for raw in self._pages(f"{API}/contacts/tags", "tags")]
+        return self._list(f"{API}/contacts/tags", "tags", parse_tag)
 
     # entities
 
     def get_lead(self, lead_id: int) -> Lead:
-        data = self._request("GET", f"{API}/leads/{int(lead_id)}", params={"with": "contacts"})
+        """The lead with its contacts' ids. NotFound (a PermanentError) when there is none."""
+        path = f"{API}/leads/{int(lead_id)}"
+        data = self._request("GET", path, params={"with": "contacts"})
         if not data:
-            raise PermanentError(f"Kommo lead {lead_id} was not found", status=204)
-        return parse_lead(data)
+            raise NotFound(f"Kommo lead {int(lead_id)} was not found", status=204)
+        return _parsed_one(parse_lead, data, f"GET {path}")
 
     def get_contact(self, contact_id: int) -> Contact:
-        data = self._request("GET", f"{API}/contacts/{int(contact_id)}", params={"with": "leads"})
+        """The contact with its leads' ids. NotFound (a PermanentError) when there is none."""
+        path = f"{API}/contacts/{int(contact_id)}"
+        data = self._request("GET", path, params={"with": "leads"})
         if not data:
-            raise PermanentError(f"Kommo contact {contact_id} was not found", status=204)
-        return parse_contact(data)
+            raise NotFound(f"Kommo contact {int(contact_id)} was not found", status=204)
+        return _parsed_one(parse_contact, data, f"GET {path}")
 
     def find_contacts(self, query: str) -> list[Contact]:
         """Contacts matching a phone number, e-mail or name (Kommo's full-text ``query``)."""
-        return [parse_contact(raw) for raw in self._pages(f"{API}/contacts", "contacts", {"query": query})]
+        return self._list(f"{API}/contacts", "contacts", parse_contact, query=query)
+
+    def find_contacts_by_phone(self, phone: str) -> list[Contact]:
+        """Contacts with this phone number, whatever its format (+7 999…, 8 (999)…).
+
+        Kommo's search gets the number's last ten digits (the national number, without a
+        country or trunk prefix); of what it finds, only contacts with a phone ending in
+        those digits are kept, since a full-text search also matches other fields."""
+        tail = _digits(phone)[-10:]
+        if len(tail) < 5:
+            return []
+        return [c for c in self.find_contacts(tail) if any(_digits(p).endswith(tail) for p in c.phones)]
 
     def update_lead(self, lead_id: int, change: LeadUpdate) -> None:
         body = change.as_json()
@@ -416,6 +529,7 @@ class KommoClient:
         responsible_user_id: int | None = None,
         task_type_id: int | None = None,
     ) -> int:
+        """A task on the lead, due at ``complete_till`` (Unix time); returns its id."""
         task: dict[str, Any] = {
             "entity_id": int(lead_id),
             "entity_type": "leads",
@@ -430,6 +544,7 @@ class KommoClient:
         return _first_id(data, "tasks", "create_task")
 
     def add_note(self, *, lead_id: int, text: str) -> int:
+        """A common (text) note on the lead; returns its id."""
         data = self._request(
             "POST", f"{API}/leads/{int(lead_id)}/notes", json=[{"note_type": "common", "params": {"text": text}}]
         )
@@ -445,7 +560,10 @@ class KommoClient:
         pipeline_id: int | None = None,
         status_id: int | None = None,
         tags: Sequence[str] = (),
+        price: int | None = None,
+        responsible_user_id: int | None = None,
     ) -> CreatedLead:
+        """A lead and its new contact in one call (``POST /api/v4/leads/complex``)."""
         values = []
         if phone:
             values.append({"field_code": "PHONE", "values": [{"value": phone, "enum_code": "WORK"}]})
@@ -459,16 +577,38 @@ class KommoClient:
             lead["pipeline_id"] = int(pipeline_id)
         if status_id:
             lead["status_id"] = int(status_id)
+        if price is not None:
+            lead["price"] = int(price)
+        if responsible_user_id:
+            lead["responsible_user_id"] = int(responsible_user_id)
+            contact["responsible_user_id"] = int(responsible_user_id)
         if tags:
             lead["_embedded"]["tags"] = [{"name": name} for name in tags]
         data = self._request("POST", f"{API}/leads/complex", json=[lead])
-        if not isinstance(data, list) or not data or "id" not in data[0]:
-            raise PermanentError("Kommo create lead: the answer has no lead id")
-        return CreatedLead(lead_id=int(data[0]["id"]), contact_id=data[0].get("contact_id"))
+        try:
+            created = data[0]
+            contact_id = created.get("contact_id")
+            return CreatedLead(
+                lead_id=int(created["id"]),
+                contact_id=int(contact_id) if contact_id else None,
+                merged=bool(created.get("merged")),
+            )
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise PermanentError("Kommo create lead: the answer has no lead id") from None
 
 
-def _tag(raw: Mapping[str, Any]) -> Tag:
-    return Tag(id=int(raw["id"]), name=raw.get("name") or "", color=raw.get("color"))
+def _parsed(parse: Callable[[Mapping[str, Any]], T], items: Iterable[Mapping[str, Any]], what: str) -> list[T]:
+    try:
+        return [parse(raw) for raw in items]
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        raise PermanentError(f"Kommo {what}: an item of the answer is malformed") from None
+
+
+def _parsed_one(parse: Callable[[Mapping[str, Any]], T], raw: Any, what: str) -> T:
+    try:
+        return parse(raw)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        raise PermanentError(f"Kommo {what}: the answer is malformed") from None
 
 
 def _first_id(data: Any, key: str, what: str) -> int:
@@ -483,18 +623,28 @@ def _retry_after(response: requests.Response) -> float | None:
     if not value:
         return None
     try:
-        return float(value)
+        return max(float(value), 0.0)
     except ValueError:
-        from email.utils import parsedate_to_datetime
-
         try:
             return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
         except (TypeError, ValueError):
             return None
 
 
-def _problem_detail(response: requests.Response) -> str:
-    """Kommo's problem+json title/detail, short; never the request (it carries the token)."""
+# Kommo's access tokens are JWTs; refresh tokens and codes are long opaque strings ("def50200…").
+_SECRET_LOOKING = re.compile(r"eyJ[\w-]{8,}\.[\w-]+\.[\w-]*|\bdef50200[0-9a-f]{16,}|(?i:bearer)\s+[\w.~+/=-]+")
+
+
+def _scrub(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return _SECRET_LOOKING.sub("[redacted]", text)
+
+
+def _problem_detail(response: requests.Response, *, secrets: Iterable[str] = ()) -> str:
+    """Kommo's problem+json title/detail and validation errors, short and scrubbed: an
+    answer can echo what it was sent, and the message ends up in logs and the admin."""
     try:
         data = response.json()
     except ValueError:
@@ -502,7 +652,14 @@ def _problem_detail(response: requests.Response) -> str:
     if not isinstance(data, dict):
         return ""
     text = str(data.get("detail") or data.get("title") or data.get("hint") or "")
-    return text[:200]
+    problems = []
+    for entry in data.get("validation-errors") or []:
+        for error in (entry.get("errors") if isinstance(entry, dict) else None) or []:
+            if isinstance(error, dict):
+                problems.append(f"{error.get('path', '?')}: {error.get('code') or error.get('detail') or '?'}")
+    if problems:
+        text = f"{text} ({'; '.join(problems)})" if text else "; ".join(problems)
+    return _scrub(text, secrets)[:300]
 
 
 # --- OAuth -----------------------------------------------------------------------------
@@ -554,17 +711,28 @@ def refresh_tokens(
 
 def _token_request(base_url: str, body: dict[str, str], session: requests.Session | None) -> TokenPair:
     grant = body["grant_type"]
+    secrets = [body.get("client_secret", ""), body.get("code", ""), body.get("refresh_token", "")]
     try:
         response = (session or http.session()).post(f"{base_url.rstrip('/')}/oauth2/access_token", json=body)
+    except requests.Timeout:
+        raise TransientError(f"Kommo token request ({grant}): timed out") from None
+    except requests.ConnectionError as exc:
+        raise TransientError(f"Kommo token request ({grant}): connection failed ({type(exc).__name__})") from None
     except requests.RequestException as exc:
-        raise TransientError(f"Kommo token request ({grant}): {type(exc).__name__}") from None
+        raise PermanentError(f"Kommo token request ({grant}): {type(exc).__name__}") from None
+    logger.info("crm.token_request", extra={"grant": grant, "status": response.status_code})
     if response.status_code >= 500:
-        raise TransientError(f"Kommo token request ({grant}): {response.status_code}", status=response.status_code)
+        raise TransientError(
+            f"Kommo token request ({grant}): {response.status_code}",
+            status=response.status_code,
+            retry_after=_retry_after(response),
+        )
     if response.status_code == 429:
         raise RateLimited(f"Kommo token request ({grant}): 429", retry_after=_retry_after(response))
     if response.status_code >= 400:
+        detail = _problem_detail(response, secrets=secrets)
         raise AuthError(
-            f"Kommo token request ({grant}) refused: {response.status_code} {_problem_detail(response)}".rstrip(),
+            f"Kommo token request ({grant}) refused: {response.status_code} {detail}".rstrip(),
             status=response.status_code,
         )
     try:

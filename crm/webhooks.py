@@ -16,8 +16,18 @@ from urllib.parse import parse_qsl
 
 _KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _PART = re.compile(r"\[([^\[\]]*)\]")
-MAX_DEPTH = 8
-MAX_FIELDS = 5000
+# leads[update][0][custom_fields][0][values][0][value] is 8 deep; a little room above it
+MAX_DEPTH = 10
+# the body size limit (CRM_WEBHOOK_MAX_BYTES) bounds the work too; this only stops a
+# body of nothing but "&" separators from becoming a huge list first
+MAX_FIELDS = 20_000
+
+# A deletion carries only ids (leads[delete][0][id]=…&…[status_id]=…), no timestamp, so
+# the same entity deleted, restored and deleted again would hash the same. Such changes
+# are told apart by the hour they arrived in: a repeated delivery within the hour is one
+# change, a deletion an hour later is a new one.
+UNTIMED_KINDS = frozenset({"lead_deleted", "contact_deleted"})
+UNTIMED_DEDUPE_WINDOW_SECONDS = 3600
 
 
 class WebhookParseError(ValueError):
@@ -32,8 +42,14 @@ class Change:
     lead_id: int | None
     data: dict[str, Any]
 
-    def dedupe_key(self, integration_id: int) -> str:
-        blob = json.dumps([integration_id, self.kind, self.data], sort_keys=True, separators=(",", ":"))
+    def dedupe_key(self, integration_id: int, *, received_at: float = 0.0) -> str:
+        """The same change of the same integration always gives the same key; Kommo's
+        changes carry a timestamp (last_modified, created_at) or a unique id, so two
+        real changes differ. ``received_at`` (Unix time) only matters for UNTIMED_KINDS."""
+        parts: list[Any] = [integration_id, self.kind, self.data]
+        if self.kind in UNTIMED_KINDS:
+            parts.append(int(received_at // UNTIMED_DEDUPE_WINDOW_SECONDS))
+        blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -42,6 +58,7 @@ class Delivery:
     account_id: int | None
     subdomain: str
     changes: tuple[Change, ...]
+    skipped: int = 0  # items of actions we do not handle, and outgoing messages
 
 
 # (top-level key, action) → (kind, entity type)
@@ -59,6 +76,8 @@ _KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("contacts", "note"): ("note_added", "note"),
     ("message", "add"): ("incoming_message", "message"),
 }
+_TOP_KEYS = ("leads", "contacts", "message")
+_LEAD_ELEMENT_TYPES = frozenset({"2", "lead", "leads"})
 
 
 def parse_form(body: bytes) -> dict[str, Any]:
@@ -110,48 +129,74 @@ def _items(group: Any) -> list[dict[str, Any]]:
     ]
 
 
+def _note_of(item: dict[str, Any]) -> dict[str, Any]:
+    # Kommo nests the note once more: leads[note][0][note][element_id]=…
+    note = item.get("note")
+    return note if isinstance(note, dict) else item
+
+
 def _lead_of(entity_type: str, item: dict[str, Any]) -> int | None:
     if entity_type == "lead":
         return _int(item.get("id"))
     if entity_type == "note":
-        note = item.get("note") if isinstance(item.get("note"), dict) else item
-        if str(note.get("element_type") or "") in {"2", "leads", "lead"}:
+        note = _note_of(item)
+        if str(note.get("element_type") or "") in _LEAD_ELEMENT_TYPES:
             return _int(note.get("element_id"))
         return None
     if entity_type == "message":
-        if str(item.get("entity_type") or item.get("element_type") or "") in {"2", "lead", "leads"}:
+        # a chat bound to a lead: element_type=2 / entity_type=lead; otherwise only a contact
+        if str(item.get("entity_type") or item.get("element_type") or "") in _LEAD_ELEMENT_TYPES:
             return _int(item.get("entity_id") or item.get("element_id"))
         return None
     if entity_type == "contact":
-        # a contact change carries its linked leads as linked_leads_id[<id>][ID]=<id>
+        # a contact change carries its linked leads as linked_leads_id[<id>][ID]=<id>;
+        # with several the lead is ambiguous and handlers read data instead
         linked = item.get("linked_leads_id")
         if isinstance(linked, dict) and len(linked) == 1:
             return _int(next(iter(linked)))
     return None
 
 
-def _entity_id(entity_type: str, item: dict[str, Any]) -> int | None:
-    if entity_type == "note" and isinstance(item.get("note"), dict):
-        return _int(item["note"].get("id"))
-    return _int(item.get("id"))
+def _entity_id(entity_type: str, item: dict[str, Any]) -> tuple[bool, int | None]:
+    """(the item has an id, that id as a number when it is one).
+
+    Chat message ids are UUIDs: the event keeps it in ``data["id"]`` and has no numeric
+    entity id."""
+    if entity_type == "note":
+        raw = _note_of(item).get("id")
+    else:
+        raw = item.get("id")
+    if raw is None or raw == "":
+        return False, None
+    if entity_type == "message":
+        return True, None
+    number = _int(raw)
+    return number is not None, number
 
 
 def parse_delivery(body: bytes) -> Delivery:
     tree = parse_form(body)
     account = tree.get("account") if isinstance(tree.get("account"), dict) else {}
     changes: list[Change] = []
-    for top in ("leads", "contacts", "message"):
+    skipped = 0
+    for top in _TOP_KEYS:
         group = tree.get(top)
         if not isinstance(group, dict):
             continue
         for action, items in group.items():
             kind_and_type = _KINDS.get((top, action))
             if kind_and_type is None:
-                continue  # an action we do not handle (e.g. unsorted); counted by the caller
+                skipped += len(_items(items))  # an action we do not handle
+                continue
             kind, entity_type = kind_and_type
             for item in _items(items):
-                entity_id = _entity_id(entity_type, item)
-                if entity_id is None:
+                if entity_type == "message" and item.get("type") != "incoming":
+                    # our own and the managers' replies come back as type=outgoing; an
+                    # agent must never answer them
+                    skipped += 1
+                    continue
+                has_id, entity_id = _entity_id(entity_type, item)
+                if not has_id:
                     raise WebhookParseError(f"{top}[{action}] has an item without an id")
                 changes.append(
                     Change(
@@ -162,8 +207,14 @@ def parse_delivery(body: bytes) -> Delivery:
                         data=item,
                     )
                 )
+    for top, group in tree.items():
+        if top not in _TOP_KEYS and top != "account" and isinstance(group, dict):
+            skipped += sum(len(_items(items)) for items in group.values())  # unsorted, tasks, …
     if not changes and not account:
         raise WebhookParseError("the body has no account and no lead, contact or message changes")
     return Delivery(
-        account_id=_int(account.get("id")), subdomain=str(account.get("subdomain") or ""), changes=tuple(changes)
+        account_id=_int(account.get("id")),
+        subdomain=str(account.get("subdomain") or ""),
+        changes=tuple(changes),
+        skipped=skipped,
     )

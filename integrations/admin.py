@@ -7,14 +7,20 @@ import json
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
-from django.utils.html import format_html_join
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from agents.admin import OwnedAdminMixin, adopt, form_data, keys_set
 from config.validation import raise_problems
 
 from .models import Integration
 from .schemas import check_credentials
-from .services import INTEGRATION_FIELDS, integration_create, integration_update
+from .services import (
+    INTEGRATION_FIELDS,
+    integration_create,
+    integration_regenerate_webhook_key,
+    integration_update,
+)
 
 MASK = "••••••••"
 
@@ -62,16 +68,65 @@ class IntegrationAdminForm(forms.ModelForm):
 @admin.register(Integration)
 class IntegrationAdmin(OwnedAdminMixin, admin.ModelAdmin):
     form = IntegrationAdminForm
-    list_display = ["integration_type", "agent", "active", "credentials_set", "updated_at"]
-    list_filter = ["integration_type", "active", ("agent", admin.RelatedOnlyFieldListFilter)]
+    list_display = ["integration_type", "agent", "active", "status_badge", "credentials_set", "updated_at"]
+    list_filter = ["integration_type", "active", "status", ("agent", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["agent__name", "integration_type"]
     list_select_related = ["agent"]
-    readonly_fields = ["stored_credentials", "created_at", "updated_at"]
+    readonly_fields = [
+        "stored_credentials",
+        "connection",
+        "status_badge",
+        "status_detail",
+        "status_changed_at",
+        "webhook",
+        "created_at",
+        "updated_at",
+    ]
     fieldsets = [
         (None, {"fields": ["agent", "integration_type", "active", "config"]}),
-        ("Credentials", {"fields": ["stored_credentials", "new_credentials"]}),
+        ("Credentials", {"fields": ["stored_credentials", "new_credentials", "connection"]}),
+        ("Health", {"fields": ["status_badge", "status_detail", "status_changed_at"]}),
+        ("Webhook", {"fields": ["webhook"]}),
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
+    actions = ["regenerate_webhook_key"]
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, integration: Integration) -> str:
+        colours = {"connected": "#2e7d32", "needs_reconnect": "#c62828", "failing": "#ef6c00", "new": "#666"}
+        return format_html(
+            '<strong style="color: {}">{}</strong>',
+            colours.get(integration.status, "#666"),
+            integration.get_status_display(),
+        )
+
+    @admin.display(description="connect")
+    def connection(self, integration: Integration | None) -> str:
+        if not integration or not integration.pk or integration.integration_type != Integration.Type.KOMMO:
+            return "—"
+        return format_html(
+            '<a class="button" href="{}">Connect Kommo</a> '
+            '<span class="help">Needs client_id and client_secret in the credentials; or paste a long-lived '
+            "token as access_token instead.</span>",
+            reverse("crm-oauth-start", args=[integration.pk]),
+        )
+
+    @admin.display(description="webhook URL")
+    def webhook(self, integration: Integration | None) -> str:
+        url = integration.webhook_url if integration and integration.pk else None
+        if not url:
+            return "—"
+        return format_html(
+            "<code>{}</code><div class='help'>Give this URL to the CRM's webhook settings. "
+            "The action “Regenerate webhook URL” replaces it.</div>",
+            url,
+        )
+
+    @admin.action(description="Regenerate webhook URL (the old one stops working)")
+    def regenerate_webhook_key(self, request, queryset):
+        for integration in queryset:
+            integration_regenerate_webhook_key(integration=integration)
+        self.message_user(request, f"Regenerated the webhook URL of {len(queryset)} integration(s).")
 
     @admin.display(description="credentials set")
     def credentials_set(self, integration: Integration) -> str:

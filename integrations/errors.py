@@ -27,8 +27,16 @@ class RateLimited(IntegrationError):
 
 
 class TransientError(IntegrationError):
-    """Worth retrying later: a timeout, a connection error, a 5xx."""
+    """Worth retrying later: a timeout, a connection error, a 5xx (``retry_after`` when it said)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
 
 
 class PermanentError(IntegrationError):
     """Retrying the same call will fail the same way: a 4xx, a malformed answer."""
+
+
+class NotFound(PermanentError):
+    """The entity does not exist (any more): Kommo answers 204 or 404 for it."""

@@ -23,7 +23,8 @@ class TimeoutSession(requests.Session):
         self.mount("http://", adapter)
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        kwargs.setdefault("timeout", self.default_timeout)
+        if kwargs.get("timeout") is None:  # requests' None means wait for ever
+            kwargs["timeout"] = self.default_timeout
         return super().request(method, url, **kwargs)
 
 

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import secrets
+
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.urls import reverse
 
 from config.validation import JSONValidator, raise_problems
 
 from .fields import EncryptedJSONField
 from .schemas import IntegrationType, check_config
+
+
+def new_webhook_key() -> str:
+    return secrets.token_urlsafe(32)
 
 
 class Integration(models.Model):
@@ -17,6 +25,12 @@ class Integration(models.Model):
     """
 
     Type = IntegrationType
+
+    class Status(models.TextChoices):
+        NEW = "new", "Not used yet"
+        CONNECTED = "connected", "Connected"
+        NEEDS_RECONNECT = "needs_reconnect", "Needs re-connection"
+        FAILING = "failing", "Failing"
 
     agent = models.ForeignKey("agents.Agent", on_delete=models.CASCADE, related_name="integrations")
     integration_type = models.CharField(max_length=30, choices=IntegrationType.CHOICES)
@@ -32,6 +46,16 @@ class Integration(models.Model):
         validators=[JSONValidator("integrations.schemas.check_credentials", field="credentials")],
     )
     active = models.BooleanField(default=True)
+    webhook_key = models.CharField(
+        max_length=64,
+        unique=True,
+        default=new_webhook_key,
+        editable=False,
+        help_text="The secret part of this integration's webhook URL.",
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.NEW, editable=False)
+    status_detail = models.TextField(blank=True, editable=False, help_text="The last error, when there is one.")
+    status_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -41,6 +65,14 @@ class Integration(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_integration_type_display()} of {self.agent}"
+
+    @property
+    def webhook_url(self) -> str | None:
+        """The full URL the outside service posts its events to (the CRM, for now)."""
+        if self.integration_type != IntegrationType.KOMMO:
+            return None
+        path = reverse("crm-webhook", kwargs={"key": self.webhook_key})
+        return f"{settings.PUBLIC_BASE_URL.rstrip('/')}{path}"
 
     @property
     def credential_keys(self) -> list[str]:

@@ -41,3 +41,49 @@ def integration_update(*, integration: Integration, data: Mapping[str, Any]) -> 
     model_save(integration, data, allowed=INTEGRATION_FIELDS)
     _notify(integration, "updated")
     return integration
+
+
+def integration_set_status(*, integration: Integration, status: str, detail: str = "") -> Integration:
+    """Record the integration's health (connected, needs re-connection, failing).
+
+    Only a change of status is written and pushed live; the detail is kept short and must
+    not contain secrets (callers pass typed error messages, which never do).
+    """
+    detail = detail[:1000]
+    if integration.status == status and integration.status_detail == detail:
+        return integration
+    from django.utils import timezone
+
+    with transaction.atomic():
+        changed = integration.status != status
+        integration.status = status
+        integration.status_detail = detail
+        if changed:
+            integration.status_changed_at = timezone.now()
+        Integration.objects.filter(pk=integration.pk).update(
+            status=status, status_detail=detail, status_changed_at=integration.status_changed_at
+        )
+        if changed:
+            send_event_on_commit(
+                owner_id=integration.agent.owner_id,
+                type="integration.status",
+                payload={
+                    "integration_id": integration.id,
+                    "agent_id": integration.agent_id,
+                    "integration_type": integration.integration_type,
+                    "status": status,
+                    "detail": detail,
+                },
+            )
+    return integration
+
+
+@transaction.atomic
+def integration_regenerate_webhook_key(*, integration: Integration) -> Integration:
+    """A new secret webhook URL; the old one answers 404 from now on."""
+    from .models import new_webhook_key
+
+    integration.webhook_key = new_webhook_key()
+    integration.save(update_fields=["webhook_key", "updated_at"])
+    _notify(integration, "webhook_key_regenerated")
+    return integration

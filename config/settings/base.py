@@ -183,9 +183,23 @@ SPECTACULAR_SETTINGS = {
     "OAS_VERSION": "3.1.0",  # pydantic emits JSON Schema 2020-12, which 3.1 uses
 }
 
+# The address the outside world reaches this server at: webhook and OAuth callback URLs.
+PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
+
 # --- Outgoing HTTP (every client: CRM, messengers, calendar) ---------------------------
 HTTP_CONNECT_TIMEOUT_SECONDS = env.float("HTTP_CONNECT_TIMEOUT_SECONDS", default=5)
 HTTP_READ_TIMEOUT_SECONDS = env.float("HTTP_READ_TIMEOUT_SECONDS", default=30)
+
+# --- CRM (Kommo / amoCRM) ------------------------------------------------------------------
+KOMMO_RATE_LIMIT_PER_SECOND = env.float("KOMMO_RATE_LIMIT_PER_SECOND", default=7)
+KOMMO_AUTHORIZE_URL = env.str("KOMMO_AUTHORIZE_URL", default="https://www.kommo.com/oauth")
+CRM_METADATA_CACHE_SECONDS = env.int("CRM_METADATA_CACHE_SECONDS", default=3600)
+CRM_WEBHOOK_MAX_BYTES = env.int("CRM_WEBHOOK_MAX_BYTES", default=256 * 1024)
+# Called in the worker with each stored CRM event, in order (like MIDDLEWARE): dotted
+# paths of functions taking a crm.models.CrmEvent. Later features add theirs.
+CRM_EVENT_HANDLERS = [
+    "crm.handlers.log_event",
+]
 
 # --- Encrypted credentials ------------------------------------------------------------
 # "id:base64-32-byte-key" entries, comma-separated, newest first. New ciphertexts use the

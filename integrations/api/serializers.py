@@ -23,6 +23,9 @@ class IntegrationSerializer(StrictSerializer):
         help_text="Secrets (tokens, keys). Write-only; omit to keep the stored ones.",
     )
     credentials_set = serializers.SerializerMethodField(help_text="Names of the stored secrets (values never shown).")
+    webhook_url = serializers.CharField(
+        read_only=True, allow_null=True, help_text="Where the CRM posts its events (Kommo integrations)."
+    )
 
     class Meta:
         model = Integration
@@ -34,10 +37,14 @@ class IntegrationSerializer(StrictSerializer):
             "credentials",
             "credentials_set",
             "active",
+            "webhook_url",
+            "status",
+            "status_detail",
+            "status_changed_at",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["id", "created_at", "updated_at"]
+        read_only_fields = ["id", "status", "status_detail", "status_changed_at", "created_at", "updated_at"]
 
     def get_credentials_set(self, obj: Integration) -> list[str]:
         return obj.credential_keys

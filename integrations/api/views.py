@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema
 from rest_framework import viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
 
 from agents.api.filters import agent_filterset
 from agents.selectors import owned
 
 from ..models import Integration
-from ..services import integration_create, integration_update
+from ..services import integration_create, integration_regenerate_webhook_key, integration_update
 from .serializers import IntegrationSerializer
 
 
@@ -24,3 +27,10 @@ class IntegrationViewSet(viewsets.ModelViewSet):
 
     def perform_update(self, serializer):
         serializer.instance = integration_update(integration=serializer.instance, data=serializer.validated_data)
+
+    @extend_schema(request=None, responses={200: IntegrationSerializer})
+    @action(detail=True, methods=["post"], url_path="regenerate-webhook-key")
+    def regenerate_webhook_key(self, request, pk=None):
+        """Give the integration a new secret webhook URL (the old one stops working)."""
+        integration = integration_regenerate_webhook_key(integration=self.get_object())
+        return Response(self.get_serializer(integration).data)

@@ -1,0 +1,379 @@
+"""POST /api/webhooks/crm/<key>: a Kommo delivery is stored once and acknowledged."""
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+
+import pytest
+from django.db import connection, transaction
+from django.test import Client, RequestFactory
+from django_q.conf import Conf
+from django_q.models import OrmQ
+from django_q.signing import SignedPackage
+
+from crm import intake, views
+from crm.models import CrmEvent
+from crm.webhooks import parse_delivery
+from integrations.services import integration_regenerate_webhook_key
+from tests.crm import recording_handlers as recording
+from tests.crm.webhook_helpers import (
+    ACCOUNT_ID,
+    FORM,
+    KINDS,
+    body,
+    form,
+    make_kommo_integration,
+    post,
+    webhook_path,
+)
+from tests.factories import make_agent, make_integration
+
+
+@pytest.fixture
+def kommo(agent):
+    return make_kommo_integration(agent)
+
+
+@pytest.fixture
+def recorded(settings):
+    """Handlers that record their calls, instead of the configured ones."""
+    settings.CRM_EVENT_HANDLERS = [recording.FIRST]
+    recording.reset()
+    yield recording.calls
+    recording.reset()
+
+
+@pytest.fixture
+def client():
+    return Client()
+
+
+def stored(integration) -> list[tuple]:
+    return list(
+        CrmEvent.objects.filter(integration=integration)
+        .order_by("id")
+        .values_list("kind", "entity_type", "entity_id", "lead_id", "status")
+    )
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_each_kind_of_delivery_is_stored_as_its_events_and_acknowledged(
+    name, client, kommo, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, kommo, body(name))
+
+    assert response.status_code == 200
+    expected = parse_delivery(body(name)).changes
+    events = list(CrmEvent.objects.filter(integration=kommo).order_by("id"))
+    assert [(e.kind, e.entity_type, e.entity_id, e.lead_id, e.data) for e in events] == [
+        (c.kind, c.entity_type, c.entity_id, c.lead_id, c.data) for c in expected
+    ]
+    # queued after commit and, with synchronous tasks, processed by crm.handlers.log_event
+    assert {e.status for e in events} <= {"done"}
+    assert all(e.processed_at for e in events)
+
+
+def test_the_integrations_webhook_url_reaches_the_intake(client, kommo, django_capture_on_commit_callbacks):
+    assert kommo.webhook_url.endswith(f"/api/webhooks/crm/{kommo.webhook_key}")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, kommo, body("lead_added")).status_code == 200
+
+    assert stored(kommo) == [("lead_added", "lead", 23416597, 23416597, "done")]
+
+
+def test_a_duplicate_delivery_is_stored_and_processed_once(
+    client, kommo, recorded, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        first = post(client, kommo, body("lead_status_changed"))
+        again = post(client, kommo, body("lead_status_changed"))
+
+    assert (first.status_code, again.status_code) == (200, 200)
+    events = list(CrmEvent.objects.filter(integration=kommo).order_by("id"))
+    assert len(events) == 2
+    assert recorded == [("first", events[0].id), ("first", events[1].id)]
+
+
+def test_a_change_repeated_inside_one_delivery_is_stored_once(
+    client, kommo, recorded, django_capture_on_commit_callbacks
+):
+    item = [("id", "23416597"), ("status_id", "142"), ("last_modified", "1717079340")]
+    data = form(*[(f"leads[status][{i}][{k}]", v) for i in (0, 1) for k, v in item])
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, kommo, data).status_code == 200
+
+    assert len(stored(kommo)) == 1
+    assert len(recorded) == 1
+
+
+def test_a_delivery_overlapping_an_earlier_one_stores_only_the_new_change(
+    client, kommo, recorded, django_capture_on_commit_callbacks
+):
+    one = [("leads[status][0][id]", "1"), ("leads[status][0][last_modified]", "100")]
+    two = [("leads[status][1][id]", "2"), ("leads[status][1][last_modified]", "100")]
+    with django_capture_on_commit_callbacks(execute=True):
+        post(client, kommo, form(*one))
+        post(client, kommo, form(*one, *two))
+
+    assert [row[2] for row in stored(kommo)] == [1, 2]
+    assert [call[0] for call in recorded] == ["first", "first"]
+
+
+def test_the_same_change_for_two_integrations_is_two_events(client, kommo, django_capture_on_commit_callbacks):
+    other = make_kommo_integration(make_agent())
+    with django_capture_on_commit_callbacks(execute=True):
+        post(client, kommo, body("lead_added"))
+        post(client, other, body("lead_added"))
+
+    assert len(stored(kommo)) == len(stored(other)) == 1
+
+
+def test_an_unknown_key_is_404_with_an_empty_body(client, kommo):
+    response = client.post("/api/webhooks/crm/not-a-key", data=body("lead_added"), content_type=FORM)
+
+    assert response.status_code == 404
+    assert response.content == b""
+    assert not CrmEvent.objects.exists()
+
+
+def test_a_replaced_key_is_404(client, kommo):
+    old_path = webhook_path(kommo)
+    integration_regenerate_webhook_key(integration=kommo)
+
+    response = client.post(old_path, data=body("lead_added"), content_type=FORM)
+
+    assert (response.status_code, response.content) == (404, b"")
+
+
+def test_an_inactive_integration_is_404(client, agent):
+    inactive = make_kommo_integration(agent, active=False)
+
+    response = post(client, inactive, body("lead_added"))
+
+    assert (response.status_code, response.content) == (404, b"")
+    assert not CrmEvent.objects.exists()
+
+
+def test_a_non_kommo_integrations_key_is_404(client, agent):
+    telegram = make_integration(agent)  # has a webhook key, but no CRM webhook
+
+    response = client.post(f"/api/webhooks/crm/{telegram.webhook_key}", data=body("lead_added"), content_type=FORM)
+
+    assert (response.status_code, response.content) == (404, b"")
+
+
+def test_a_body_that_does_not_parse_is_400_logged_and_nothing_is_stored(client, kommo, caplog):
+    caplog.set_level(logging.WARNING, logger="crm.views")
+
+    response = post(client, kommo, b"leads[status][0][name]=Lead+without+an+id&account[id]=31416592")
+
+    assert response.status_code == 400
+    assert b"without an id" in response.content
+    assert not CrmEvent.objects.exists()
+    (record,) = [r for r in caplog.records if r.getMessage() == "crm.webhook.rejected"]
+    assert (record.reason, record.integration_id) == ("bad_body", kommo.id)
+
+
+def test_a_body_over_the_limit_is_413_and_not_stored(client, kommo, settings):
+    settings.CRM_WEBHOOK_MAX_BYTES = 1000
+    data = body("lead_updated")
+    assert len(data) > 1000
+
+    response = post(client, kommo, data)
+
+    assert response.status_code == 413
+    assert not CrmEvent.objects.exists()
+
+
+def test_a_body_over_the_limit_without_a_content_length_is_413_after_reading_only_the_limit(kommo, settings):
+    # chunked uploads have no Content-Length: the view reads at most the limit plus one byte
+    settings.CRM_WEBHOOK_MAX_BYTES = 1000
+    data = body("lead_updated")
+    request = RequestFactory().post(webhook_path(kommo), data=data, content_type=FORM)
+    del request.META["CONTENT_LENGTH"]
+    stream = io.BytesIO(data)
+    request._stream = stream
+
+    response = views.webhook(request, key=kommo.webhook_key)
+
+    assert response.status_code == 413
+    assert stream.tell() == 1001
+    assert not CrmEvent.objects.exists()
+
+
+def test_a_body_at_the_limit_is_accepted(client, kommo, settings, django_capture_on_commit_callbacks):
+    data = body("lead_added")
+    settings.CRM_WEBHOOK_MAX_BYTES = len(data)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, kommo, data).status_code == 200
+
+
+def test_a_body_that_is_not_form_data_is_415(client, kommo):
+    response = post(client, kommo, b'{"leads": {}}', content_type="application/json")
+
+    assert response.status_code == 415
+    assert not CrmEvent.objects.exists()
+
+
+def test_form_data_with_a_charset_is_accepted(client, kommo, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, kommo, body("lead_added"), content_type=f"{FORM}; charset=UTF-8")
+
+    assert response.status_code == 200
+
+
+def test_another_accounts_delivery_is_403_logged_and_nothing_is_stored(client, kommo, caplog):
+    caplog.set_level(logging.WARNING, logger="crm.views")
+
+    response = post(client, kommo, body("lead_added").replace(b"31416592", b"99999999"))
+
+    assert response.status_code == 403
+    assert not CrmEvent.objects.exists()
+    (record,) = [r for r in caplog.records if r.getMessage() == "crm.webhook.rejected"]
+    assert (record.reason, record.integration_id) == ("wrong_account", kommo.id)
+
+
+def test_a_delivery_without_an_account_is_403_when_the_integration_knows_its_account(client, kommo):
+    response = post(client, kommo, b"leads[delete][0][id]=1")
+
+    assert response.status_code == 403
+
+
+@pytest.mark.parametrize("account_id", [ACCOUNT_ID, str(ACCOUNT_ID), None, ""])
+def test_the_configured_account_may_be_a_number_or_text_or_unset(
+    account_id, client, agent, django_capture_on_commit_callbacks
+):
+    integration = make_kommo_integration(agent, config={} if account_id is None else {"account_id": account_id})
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, integration, body("lead_added"))
+
+    assert response.status_code == 200
+    assert len(stored(integration)) == 1
+
+
+def test_get_is_405(client, kommo):
+    assert client.get(webhook_path(kommo)).status_code == 405
+
+
+def test_a_delivery_with_only_changes_we_do_not_handle_is_acknowledged_and_stores_nothing(client, kommo):
+    assert post(client, kommo, body("outgoing_message")).status_code == 200
+    assert post(client, kommo, form(("unsorted[add][0][uid]", "x"))).status_code == 200
+
+    assert not CrmEvent.objects.exists()
+
+
+def test_the_body_never_reaches_the_log(client, kommo, caplog, django_capture_on_commit_callbacks):
+    caplog.set_level(logging.DEBUG)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        post(client, kommo, body("contact_added"))
+        post(client, kommo, body("incoming_message"))
+    post(client, kommo, b"leads[status][0][name]=Maria+Lopez&account[id]=31416592")
+
+    logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    for personal in ("maria.lopez@example.com", "1234 5678", "Мария", "cuánto", "Maria Lopez"):
+        assert personal not in logged
+    accepted = [r for r in caplog.records if r.getMessage() == "crm.webhook.accepted"]
+    assert [(r.changes, r.stored) for r in accepted] == [(1, 1), (1, 1)]
+
+
+def test_intake_reads_the_integration_once_and_inserts_the_events_in_one_statement(
+    client, kommo, django_assert_max_num_queries, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=False), django_assert_max_num_queries(10) as captured:
+        response = post(client, kommo, body("lead_status_changed"))
+
+    assert response.status_code == 200
+    statements = [q["sql"] for q in captured.captured_queries]
+    data_statements = [s for s in statements if not s.upper().startswith(("SAVEPOINT", "RELEASE"))]
+    assert len(data_statements) == 2, statements
+    assert "integrations_integration" in data_statements[0]
+    assert data_statements[1].startswith('INSERT INTO "crm_crmevent"')
+    assert "credentials" not in data_statements[0]  # no decryption on the hot path
+
+
+def test_with_the_database_broker_the_task_is_queued_in_the_transaction_of_its_events(
+    client, kommo, monkeypatch, recorded
+):
+    monkeypatch.setattr(Conf, "SYNC", False)
+    assert Conf.ORM == "default"
+
+    assert post(client, kommo, body("lead_status_changed")).status_code == 200
+
+    ids = list(CrmEvent.objects.order_by("id").values_list("id", flat=True))
+    (queued,) = OrmQ.objects.all()
+    task = SignedPackage.loads(queued.payload)
+    assert (task["func"], task["args"], task["save"]) == ("crm.tasks.process_events", (ids,), False)
+    assert recorded == []  # the worker processes it, not the request
+
+
+def test_with_the_database_broker_a_rolled_back_delivery_queues_nothing(kommo, monkeypatch):
+    monkeypatch.setattr(Conf, "SYNC", False)
+    changes = parse_delivery(body("lead_added")).changes
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        intake.delivery_store(integration_id=kommo.id, changes=changes)
+        raise RuntimeError("the surrounding transaction fails")
+
+    assert not OrmQ.objects.exists()
+    assert not CrmEvent.objects.exists()
+
+
+def test_nothing_is_queued_when_every_change_is_a_duplicate(kommo, monkeypatch):
+    monkeypatch.setattr(Conf, "SYNC", False)
+    changes = parse_delivery(body("lead_added")).changes
+
+    first = intake.delivery_store(integration_id=kommo.id, changes=changes)
+    again = intake.delivery_store(integration_id=kommo.id, changes=changes)
+
+    assert (len(first.event_ids), first.duplicates) == (1, 0)
+    assert (again.event_ids, again.duplicates) == ((), 1)
+    assert OrmQ.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_racing_deliveries_of_the_same_change_store_and_process_it_once(monkeypatch, settings):
+    """Two requests with the same body, the second arriving while the first has inserted
+    but not committed: the database's unique constraint decides, and exactly one of them
+    stores and queues the change."""
+    settings.CRM_EVENT_HANDLERS = [recording.FIRST]
+    recording.reset()
+    integration = make_kommo_integration(make_agent())
+    inserted = threading.Event()
+    insert = intake._insert_new
+
+    def slow_first_insert(rows, *, using):
+        result = insert(rows, using=using)
+        if not inserted.is_set():
+            inserted.set()
+            time.sleep(0.5)  # hold the transaction open while the other request inserts
+        return result
+
+    monkeypatch.setattr(intake, "_insert_new", slow_first_insert)
+    statuses: list[int] = []
+
+    def deliver(wait: bool) -> None:
+        try:
+            if wait:
+                inserted.wait(5)
+            statuses.append(post(Client(), integration, body("lead_updated")).status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=deliver, args=(wait,)) for wait in (False, True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert statuses == [200, 200]
+    assert CrmEvent.objects.filter(integration=integration).count() == 1
+    assert len(recording.calls) == 1
+    recording.reset()
