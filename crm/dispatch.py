@@ -168,3 +168,33 @@ def _run_handlers(
         duration_ms=int((time.monotonic() - started) * 1000),
     )
     return "failed", [], None
+
+
+SWEEP_AFTER = timedelta(minutes=10)
+SWEEP_RETRIES_AFTER = timedelta(hours=3)  # longer than the longest retry delay
+SWEEP_BATCH = 200
+
+
+def events_sweep(*, now=None) -> int:
+    """Queue events whose processing was lost (a task that died outside the handlers, a
+    worker or database outage): pending and never tried after SWEEP_AFTER, or pending
+    with retries long overdue. Run every few minutes by a django-q2 schedule."""
+    from django.db.models import Q
+    from django_q.tasks import async_task
+
+    now = now or timezone.now()
+    stuck = (
+        CrmEvent.objects.filter(status=CrmEvent.Status.PENDING)
+        .filter(
+            Q(attempts=0, received_at__lt=now - SWEEP_AFTER)
+            | Q(attempts__gt=0, received_at__lt=now - SWEEP_RETRIES_AFTER)
+        )
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+    ids = list(stuck[:5000])
+    for start in range(0, len(ids), SWEEP_BATCH):
+        async_task(PROCESS_TASK, ids[start : start + SWEEP_BATCH], save=False)
+    if ids:
+        logger.warning("crm.events.swept", extra={"events": len(ids)})
+    return len(ids)

@@ -1,5 +1,6 @@
 """The admin: every model is manageable, saves go through the services, JSON columns are
 checked like in the API, credentials never show, and staff members see only their own."""
+
 from __future__ import annotations
 
 import html
@@ -14,6 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from agents.models import Agent, AgentCrmAccess, ExecutionLog, LiveEvent
+from crm.models import CrmEvent, CrmSnapshot
 from integrations.models import Integration
 from sequences.models import Sequence
 from tests.admin_forms import inline_prefix, post_data
@@ -35,17 +37,30 @@ class Tenant:
     integration: Integration
     log: ExecutionLog
     event: LiveEvent
+    crm_event: CrmEvent
+    snapshot: CrmSnapshot
 
 
 def make_tenant(owner) -> Tenant:
     agent = make_agent(owner=owner)
+    integration = make_integration(agent=agent, credentials={"bot_token": SECRET})
     return Tenant(
         agent=agent,
         trigger=make_trigger(agent=agent),
         sequence=make_sequence(agent=agent),
-        integration=make_integration(agent=agent, credentials={"bot_token": SECRET}),
+        integration=integration,
         log=make_log(agent=agent, status="failed", error="CRM said no", ref_type="trigger", duration_ms=42),
         event=LiveEvent.objects.create(owner=owner, type="agent.changed", payload={"agent_id": agent.id}),
+        crm_event=CrmEvent.objects.create(
+            integration=integration,
+            kind="lead_added",
+            entity_type="lead",
+            entity_id=9,
+            lead_id=9,
+            data={"id": "9"},
+            dedupe_key=f"key-{integration.id}",
+        ),
+        snapshot=CrmSnapshot.objects.create(integration=integration, lead_fields=[{"id": 1, "name": "Budget"}]),
     )
 
 
@@ -58,10 +73,12 @@ OBJECTS = {
     "triggers_trigger": lambda t: t.trigger,
     "sequences_sequence": lambda t: t.sequence,
     "integrations_integration": lambda t: t.integration,
+    "crm_crmevent": lambda t: t.crm_event,
+    "crm_crmsnapshot": lambda t: t.snapshot,
 }
 ADDABLE = ["agents_agent", "triggers_trigger", "sequences_sequence", "integrations_integration"]
 NOT_ADDABLE = sorted(set(OBJECTS) - set(ADDABLE))
-READ_ONLY = ["agents_executionlog", "agents_liveevent"]
+READ_ONLY = ["agents_executionlog", "agents_liveevent", "crm_crmevent", "crm_crmsnapshot"]
 STAFF_CANNOT_DELETE = READ_ONLY + ["agents_agentcrmaccess"]
 
 
@@ -415,9 +432,7 @@ def test_saving_on_an_objects_own_page_goes_through_its_service(
         ("integrations_integration", "integration_create", {"integration_type": "kommo", "config": "{}"}),
     ],
 )
-def test_adding_on_an_objects_own_page_goes_through_its_service(
-    staff_client, mine, monkeypatch, name, service, fields
-):
+def test_adding_on_an_objects_own_page_goes_through_its_service(staff_client, mine, monkeypatch, name, service, fields):
     module = __import__(name.split("_")[0] + ".admin", fromlist=["admin"])
     calls = []
     original = getattr(module, service)
@@ -692,7 +707,8 @@ def test_no_admin_page_shows_a_stored_secret(admin_user_client, mine):
     # a change through the admin first, so that the histories have entries
     page = admin_user_client.get(url("integrations_integration", "change", mine.integration.pk))
     admin_user_client.post(
-        url("integrations_integration", "change", mine.integration.pk), post_data(page, config='{"api_base_url": "https://tg.example"}')
+        url("integrations_integration", "change", mine.integration.pk),
+        post_data(page, config='{"api_base_url": "https://tg.example"}'),
     )
 
     pages = _pages_around_an_integration(admin_user_client, mine)
