@@ -5,27 +5,31 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from agents.realtime import send_event_on_commit
 from config.services import model_save
 
-from .models import Integration
+from .models import Integration, new_webhook_key
 
 INTEGRATION_FIELDS = ("agent", "integration_type", "config", "credentials", "active")
 
 
-def _notify(integration: Integration, change: str) -> None:
+def _push(integration: Integration, type: str, **details: Any) -> None:
     send_event_on_commit(
         owner_id=integration.agent.owner_id,
-        type="integration.changed",
+        type=type,
         payload={
             "integration_id": integration.id,
             "agent_id": integration.agent_id,
             "integration_type": integration.integration_type,
-            "active": integration.active,
-            "change": change,
+            **details,
         },
     )
+
+
+def _notify(integration: Integration, change: str) -> None:
+    _push(integration, "integration.changed", active=integration.active, change=change)
 
 
 @transaction.atomic
@@ -52,8 +56,6 @@ def integration_set_status(*, integration: Integration, status: str, detail: str
     detail = detail[:1000]
     if integration.status == status and integration.status_detail == detail:
         return integration
-    from django.utils import timezone
-
     with transaction.atomic():
         changed = integration.status != status
         integration.status = status
@@ -64,25 +66,13 @@ def integration_set_status(*, integration: Integration, status: str, detail: str
             status=status, status_detail=detail, status_changed_at=integration.status_changed_at
         )
         if changed:
-            send_event_on_commit(
-                owner_id=integration.agent.owner_id,
-                type="integration.status",
-                payload={
-                    "integration_id": integration.id,
-                    "agent_id": integration.agent_id,
-                    "integration_type": integration.integration_type,
-                    "status": status,
-                    "detail": detail,
-                },
-            )
+            _push(integration, "integration.status", status=status, detail=detail)
     return integration
 
 
 @transaction.atomic
 def integration_regenerate_webhook_key(*, integration: Integration) -> Integration:
     """A new secret webhook URL; the old one answers 404 from now on."""
-    from .models import new_webhook_key
-
     integration.webhook_key = new_webhook_key()
     integration.save(update_fields=["webhook_key", "updated_at"])
     _notify(integration, "webhook_key_regenerated")
