@@ -4,11 +4,15 @@ inside the webhook request, the hottest path of the product.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 from django.utils import timezone
 from django_q.conf import Conf
 from django_q.tasks import async_task
@@ -54,10 +58,56 @@ class StoredDelivery:
     duplicates: int  # changes already stored (or repeated within the delivery)
 
 
+# Integrations found by webhook key, for a few seconds: a busy integration's deliveries
+# (Kommo sends bursts) then cost no query each. A change saved in this process drops its
+# entries at once (the signals below); other processes see it within the TTL.
+TARGET_CACHE_SIZE = 1024
+_targets: dict[str, tuple[float, WebhookTarget]] = {}
+
+
 def webhook_target_get(*, key: str) -> WebhookTarget | None:
-    """The active Kommo integration whose secret webhook key this is, or None."""
+    """The active Kommo integration whose secret webhook key this is, or None.
+
+    Cached in this process for ``CRM_WEBHOOK_TARGET_CACHE_SECONDS`` (default 2 s; 0
+    turns the cache off): a key regenerated or an integration deactivated in another
+    process may still be accepted for that long. Unknown keys are never cached."""
     if not key or len(key) > Integration._meta.get_field("webhook_key").max_length:
         return None
+    ttl = settings.CRM_WEBHOOK_TARGET_CACHE_SECONDS
+    now = time.monotonic()
+    if ttl > 0:
+        cached = _targets.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+    target = _webhook_target_query(key)
+    if ttl > 0 and target is not None:
+        if len(_targets) >= TARGET_CACHE_SIZE:
+            _targets.clear()
+        _targets[key] = (now + ttl, target)
+    return target
+
+
+def webhook_targets_forget(*, integration_id: int | None = None) -> None:
+    """Drop the cached targets of this integration (of all integrations: None)."""
+    if integration_id is None:
+        _targets.clear()
+        return
+    for key, (_, target) in list(_targets.items()):
+        if target.integration_id == integration_id:
+            _targets.pop(key, None)
+
+
+@receiver(post_save, sender=Integration, dispatch_uid="crm.intake.integration_saved")
+@receiver(post_delete, sender=Integration, dispatch_uid="crm.intake.integration_deleted")
+def _integration_changed(sender, instance: Integration, using: str, **kwargs) -> None:
+    # now, for this transaction's own later requests, and again once it commits, in case
+    # a concurrent request cached the row as it was before the commit
+    integration_id = instance.pk
+    webhook_targets_forget(integration_id=integration_id)
+    transaction.on_commit(lambda: webhook_targets_forget(integration_id=integration_id), using=using)
+
+
+def _webhook_target_query(key: str) -> WebhookTarget | None:
     # Raw SQL: building this query through the ORM takes ~0.2 ms, twice the query's own
     # round trip (measured on PostgreSQL), on every delivery
     meta = Integration._meta

@@ -72,7 +72,8 @@ def integration_set_status(*, integration: Integration, status: str, detail: str
 
 @transaction.atomic
 def integration_regenerate_webhook_key(*, integration: Integration) -> Integration:
-    """A new secret webhook URL; the old one answers 404 from now on."""
+    """A new secret webhook URL; the old one answers 404 once the other processes' short
+    key cache has expired (CRM_WEBHOOK_TARGET_CACHE_SECONDS)."""
     integration.webhook_key = new_webhook_key()
     integration.save(update_fields=["webhook_key", "updated_at"])
     _notify(integration, "webhook_key_regenerated")

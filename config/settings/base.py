@@ -195,6 +195,9 @@ KOMMO_RATE_LIMIT_PER_SECOND = env.float("KOMMO_RATE_LIMIT_PER_SECOND", default=7
 KOMMO_AUTHORIZE_URL = env.str("KOMMO_AUTHORIZE_URL", default="https://www.kommo.com/oauth")
 CRM_METADATA_CACHE_SECONDS = env.int("CRM_METADATA_CACHE_SECONDS", default=3600)
 CRM_WEBHOOK_MAX_BYTES = env.int("CRM_WEBHOOK_MAX_BYTES", default=256 * 1024)
+# Webhook key → integration, remembered per process (0: off). A regenerated key or a
+# deactivated integration may still be accepted by other processes for this long.
+CRM_WEBHOOK_TARGET_CACHE_SECONDS = env.float("CRM_WEBHOOK_TARGET_CACHE_SECONDS", default=2)
 # Called in the worker with each stored CRM event, in order (like MIDDLEWARE): dotted
 # paths of functions taking a crm.models.CrmEvent. Later features add theirs.
 CRM_EVENT_HANDLERS = [

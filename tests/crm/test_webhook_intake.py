@@ -16,7 +16,8 @@ from django_q.signing import SignedPackage
 from crm import intake, views
 from crm.models import CrmEvent
 from crm.webhooks import parse_delivery
-from integrations.services import integration_regenerate_webhook_key
+from integrations.models import Integration
+from integrations.services import integration_regenerate_webhook_key, integration_update
 from tests.crm import recording_handlers as recording
 from tests.crm.webhook_helpers import (
     ACCOUNT_ID,
@@ -48,6 +49,18 @@ def recorded(settings):
 @pytest.fixture
 def client():
     return Client()
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_targets():
+    """Each test starts and ends with an empty cache of integrations by webhook key."""
+    intake.webhook_targets_forget()
+    yield
+    intake.webhook_targets_forget()
+
+
+def integration_lookups(queries) -> int:
+    return sum(1 for q in queries if 'FROM "integrations_integration"' in q["sql"])
 
 
 def stored(integration) -> list[tuple]:
@@ -377,3 +390,127 @@ def test_racing_deliveries_of_the_same_change_store_and_process_it_once(monkeypa
     assert CrmEvent.objects.filter(integration=integration).count() == 1
     assert len(recording.calls) == 1
     recording.reset()
+
+
+# --- the integration found by key is cached for a few seconds, in the process --------------
+
+
+def test_a_busy_integrations_key_is_looked_up_once_within_the_cache_time(
+    client, kommo, django_assert_max_num_queries, django_capture_on_commit_callbacks
+):
+    one = [("leads[status][0][id]", "1"), ("leads[status][0][last_modified]", "100")]
+    two = [("leads[status][0][id]", "2"), ("leads[status][0][last_modified]", "100")]
+    with django_capture_on_commit_callbacks(execute=False), django_assert_max_num_queries(20) as captured:
+        assert post(client, kommo, form(*one)).status_code == 200
+        assert post(client, kommo, form(*two)).status_code == 200
+
+    assert integration_lookups(captured.captured_queries) == 1
+    assert [row[2] for row in stored(kommo)] == [1, 2]
+
+
+def test_without_the_cache_every_delivery_looks_the_key_up(
+    client, kommo, settings, django_assert_max_num_queries, django_capture_on_commit_callbacks
+):
+    settings.CRM_WEBHOOK_TARGET_CACHE_SECONDS = 0
+    with django_capture_on_commit_callbacks(execute=False), django_assert_max_num_queries(20) as captured:
+        post(client, kommo, form(("leads[status][0][id]", "1"), ("leads[status][0][last_modified]", "1")))
+        post(client, kommo, form(("leads[status][0][id]", "2"), ("leads[status][0][last_modified]", "1")))
+
+    assert integration_lookups(captured.captured_queries) == 2
+
+
+def test_a_cached_key_is_looked_up_again_once_its_time_is_over(client, kommo, monkeypatch, settings):
+    settings.CRM_WEBHOOK_TARGET_CACHE_SECONDS = 2
+    clock = [1000.0]
+    monkeypatch.setattr(intake.time, "monotonic", lambda: clock[0])
+    assert intake.webhook_target_get(key=kommo.webhook_key) is not None
+    # changed behind the cache's back (no signal), as by another process
+    Integration.objects.filter(pk=kommo.pk).update(active=False)
+
+    clock[0] += 1.9
+    assert intake.webhook_target_get(key=kommo.webhook_key) is not None
+    clock[0] += 0.2
+    assert intake.webhook_target_get(key=kommo.webhook_key) is None
+
+
+def test_a_key_regenerated_after_deliveries_is_404_at_once(client, kommo, django_capture_on_commit_callbacks):
+    old_path = webhook_path(kommo)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, kommo, body("lead_added")).status_code == 200
+
+    integration_regenerate_webhook_key(integration=kommo)
+
+    response = client.post(old_path, data=body("lead_status_changed"), content_type=FORM)
+    assert (response.status_code, response.content) == (404, b"")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, kommo, body("lead_status_changed")).status_code == 200
+
+
+def test_an_integration_deactivated_after_deliveries_is_404_at_once(
+    client, kommo, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, kommo, body("lead_added")).status_code == 200
+
+    integration_update(integration=kommo, data={"active": False})
+
+    response = post(client, kommo, body("lead_status_changed"))
+    assert (response.status_code, response.content) == (404, b"")
+    assert len(stored(kommo)) == 1
+
+
+def test_an_account_changed_after_deliveries_is_checked_at_once(client, kommo, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, kommo, body("lead_added")).status_code == 200
+
+    integration_update(integration=kommo, data={"config": {"account_id": 99999999}})
+
+    assert post(client, kommo, body("lead_status_changed")).status_code == 403
+
+
+def test_a_deleted_integrations_key_is_404_at_once(client, kommo, django_capture_on_commit_callbacks):
+    path = webhook_path(kommo)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, kommo, body("lead_added")).status_code == 200
+
+    kommo.delete()
+
+    response = client.post(path, data=body("lead_status_changed"), content_type=FORM)
+    assert (response.status_code, response.content) == (404, b"")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_committed_in_another_thread_empties_the_cache_at_commit():
+    """A delivery cached the integration while the change was not yet committed: the
+    entry is dropped again when the change commits."""
+    integration = make_kommo_integration(make_agent())
+    key = integration.webhook_key
+    cached_during_change: list[bool] = []
+
+    def deliver_meanwhile() -> None:
+        try:
+            cached_during_change.append(intake.webhook_target_get(key=key) is not None)
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        integration.active = False
+        integration.save(update_fields=["active"])  # the signal forgets the key now …
+        thread = threading.Thread(target=deliver_meanwhile)
+        thread.start()  # … and another request caches the row as committed before
+        thread.join(10)
+        assert intake._targets.get(key) is not None
+
+    assert cached_during_change == [True]
+    assert intake._targets.get(key) is None  # … and at commit it is forgotten again
+    assert intake.webhook_target_get(key=key) is None
+
+
+def test_the_cache_keeps_a_bounded_number_of_keys(kommo, monkeypatch):
+    monkeypatch.setattr(intake, "TARGET_CACHE_SIZE", 3)
+    others = [make_kommo_integration(make_agent()) for _ in range(3)]
+    for integration in [kommo, *others]:
+        assert intake.webhook_target_get(key=integration.webhook_key) is not None
+        assert len(intake._targets) <= 3
+    assert intake.webhook_target_get(key="not-a-key") is None
+    assert "not-a-key" not in intake._targets
