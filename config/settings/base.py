@@ -230,9 +230,17 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"mask_webhook_keys": {"()": "config.logging.MaskWebhookKeys"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["mask_webhook_keys"]}
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # request lines print paths: masked at the logger, before any handler. Naming a
+        # logger here replaces its handlers, so the two that do not propagate get ours.
+        "django.request": {"filters": ["mask_webhook_keys"]},
+        "django.server": {"filters": ["mask_webhook_keys"], "handlers": ["console"], "propagate": False},
+        "uvicorn.access": {"filters": ["mask_webhook_keys"], "handlers": ["console"], "propagate": False},
     },
 }

@@ -1,0 +1,26 @@
+"""Logging filters shared by every process.
+
+The CRM webhook URL carries the integration's secret key in its path, and request
+logs (uvicorn's access log, Django's "Bad Request: /path") print paths: the key is
+masked before any handler sees the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_WEBHOOK_KEY = re.compile(r"(/api/webhooks/crm/)[^/?#\s\"']+")
+
+
+def mask_webhook_keys(text: str) -> str:
+    return _WEBHOOK_KEY.sub(r"\1<key>", text)
+
+
+class MaskWebhookKeys(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = mask_webhook_keys(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(mask_webhook_keys(a) if isinstance(a, str) else a for a in record.args)
+        return True
