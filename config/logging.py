@@ -24,3 +24,15 @@ class MaskWebhookKeys(logging.Filter):
         if isinstance(record.args, tuple):
             record.args = tuple(mask_webhook_keys(a) if isinstance(a, str) else a for a in record.args)
         return True
+
+
+# crm/intake.py writes a delivery's django-q2 task into the same statement as its events,
+# through async_task with a stand-in broker whose enqueue answers this; django-q2 then logs
+# "Enqueued [cluster] (in the webhook's statement)" for every delivery, next to the
+# intake's own crm.webhook.accepted line. That duplicate is dropped here.
+QUEUED_IN_STATEMENT = "(in the webhook's statement)"
+
+
+class DropQueuedInStatement(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.endswith(QUEUED_IN_STATEMENT))

@@ -4,6 +4,7 @@ inside the webhook request, the hottest path of the product.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,14 +15,21 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils import timezone
+from django.utils.http import parse_header_parameters
 from django_q.conf import Conf
+from django_q.models import OrmQ
 from django_q.tasks import async_task
 
+from config.logging import QUEUED_IN_STATEMENT
 from integrations.models import Integration
 
 from .dispatch import PROCESS_TASK
 from .models import CrmEvent
-from .webhooks import Change
+from .webhooks import Change, WebhookParseError, parse_delivery
+
+logger = logging.getLogger(__name__)
+
+FORM = "application/x-www-form-urlencoded"
 
 # 11 parameters a row: 500 rows stay under SQLite's 32,766 and PostgreSQL's 65,535
 INSERT_BATCH = 500
@@ -63,6 +71,68 @@ class StoredDelivery:
 # entries at once (the signals below); other processes see it within the TTL.
 TARGET_CACHE_SIZE = 1024
 _targets: dict[str, tuple[float, WebhookTarget]] = {}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the webhook endpoint answers, whichever server front (crm/views.py under
+    WSGI and tests, crm/asgi.py under ASGI) received the delivery."""
+
+    status: int
+    text: str = ""
+
+
+def delivery_precheck(*, content_type: str, content_length: str | None) -> Answer | None:
+    """The answer for a delivery refused on its headers alone (413, 415), or None."""
+    try:
+        declared = int(content_length or 0)
+    except ValueError:
+        declared = 0
+    if declared > settings.CRM_WEBHOOK_MAX_BYTES:
+        return _reject(413, "too_large", message="the body is too large")
+    media_type, _ = parse_header_parameters(content_type or "")
+    if media_type != FORM:
+        return _reject(415, "content_type", message=f"expected {FORM}")
+    return None
+
+
+def delivery_receive(*, key: str, body: bytes) -> Answer:
+    """Check and store one delivery: 200 once its changes are stored (or were before),
+    404 for a key that is not an active Kommo integration's, 413/400/403 for a body too
+    large, not parsing, or from another account. The caller reads at most
+    ``CRM_WEBHOOK_MAX_BYTES + 1`` bytes. The body is never logged: it holds personal data."""
+    target = webhook_target_get(key=key)
+    if target is None:
+        # nothing that tells a scanner whether the key, the type or the state was wrong
+        logger.warning("crm.webhook.rejected", extra={"reason": "unknown_key"})
+        return Answer(404)
+    if len(body) > settings.CRM_WEBHOOK_MAX_BYTES:
+        return _reject(413, "too_large", target.integration_id, "the body is too large")
+    try:
+        delivery = parse_delivery(body)
+    except WebhookParseError as exc:
+        return _reject(400, "bad_body", target.integration_id, str(exc))
+    if not target.accepts_account(delivery.account_id):
+        return _reject(403, "wrong_account", target.integration_id, "the account does not match this integration")
+    stored = delivery_store(integration_id=target.integration_id, changes=delivery.changes)
+    logger.info(
+        "crm.webhook.accepted",
+        extra={
+            "integration_id": target.integration_id,
+            "changes": len(delivery.changes),
+            "stored": len(stored.event_ids),
+            "duplicates": stored.duplicates,
+            "skipped": delivery.skipped,
+        },
+    )
+    return Answer(200)
+
+
+def _reject(status: int, reason: str, integration_id: int | None = None, message: str = "") -> Answer:
+    logger.warning(
+        "crm.webhook.rejected", extra={"reason": reason, "integration_id": integration_id, "detail": message}
+    )
+    return Answer(status, message or reason)
 
 
 def webhook_target_get(*, key: str) -> WebhookTarget | None:
@@ -163,6 +233,10 @@ def delivery_store(*, integration_id: int, changes: Sequence[Change]) -> StoredD
         for key, change in unique.items()
     ]
     using = DEFAULT_DB_ALIAS
+    if len(rows) <= INSERT_BATCH and _queue_in_statement(using):
+        new_by_key = _insert_new_and_queue(rows, using=using)
+        event_ids = tuple(new_by_key[key] for key in unique if key in new_by_key)
+        return StoredDelivery(event_ids=event_ids, duplicates=len(changes) - len(event_ids))
     with transaction.atomic(using=using):
         new_by_key: dict[str, int] = {}
         for start in range(0, len(rows), INSERT_BATCH):
@@ -202,6 +276,72 @@ def _insert_new(rows: list[dict[str, Any]], *, using: str) -> dict[str, int]:
         return {key: pk for pk, key in cursor.fetchall()}
 
 
+def _queue_in_statement(using: str) -> bool:
+    """Whether the task can be queued by the statement that stores the events: on
+    PostgreSQL with django-q2's ORM broker on the same database."""
+    return connections[using].vendor == "postgresql" and _queues_in_database(using)
+
+
+def _queues_in_database(using: str) -> bool:
+    return Conf.ORM == using and not Conf.SYNC and not Conf.BROKER_CLASS
+
+
+class _Capture:
+    """A stand-in broker for ``async_task``: keeps the signed package django-q2 builds,
+    which the caller then writes into the ORM broker's table itself."""
+
+    def __init__(self):
+        self.list_key = Conf.CLUSTER_NAME
+        self.package: str | None = None
+
+    def enqueue(self, package: str) -> str:
+        self.package = package
+        return QUEUED_IN_STATEMENT  # django-q2 logs "Enqueued [..] <this>": not shown
+
+
+_sequences: dict[str, str] = {}
+
+
+def _insert_new_and_queue(rows: list[dict[str, Any]], *, using: str) -> dict[str, int]:
+    """PostgreSQL: ``_insert_new`` and ``_enqueue`` in one statement, which is atomic by
+    itself; half the round trips of a transaction, and no ORM save. The events' ids are
+    drawn from their sequence first, so the task's package names them before they are
+    inserted; ids of changes that turn out to be duplicates are never used (the task
+    skips ids it does not find) and nothing is queued when every change was one."""
+    connection = connections[using]
+    meta = CrmEvent._meta
+    qn = connection.ops.quote_name
+    sequence = _sequences.get(using)
+    with connection.cursor() as cursor:
+        if sequence is None:
+            cursor.execute("SELECT pg_get_serial_sequence(%s, %s)", [meta.db_table, meta.pk.column])
+            sequence = _sequences[using] = cursor.fetchone()[0]
+        cursor.execute("SELECT nextval(%s) FROM generate_series(1, %s)", [sequence, len(rows)])
+        ids = [row[0] for row in cursor.fetchall()]
+        capture = _Capture()
+        async_task(PROCESS_TASK, ids, save=False, broker=capture)
+        fields = [meta.pk, *(meta.get_field(name) for name in _INSERT_FIELDS)]
+        placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        queue = OrmQ._meta
+        sql = (
+            f"WITH new AS (INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
+            f"VALUES {', '.join([placeholders] * len(rows))} "
+            f"ON CONFLICT ({qn('integration_id')}, {qn('dedupe_key')}) DO NOTHING "
+            f"RETURNING {qn(meta.pk.column)}, {qn('dedupe_key')}), "
+            f"queued AS (INSERT INTO {qn(queue.db_table)} ({qn('key')}, {qn('payload')}, {qn('lock')}) "
+            f"SELECT %s, %s, %s WHERE EXISTS (SELECT 1 FROM new)) "
+            f"SELECT {qn(meta.pk.column)}, {qn('dedupe_key')} FROM new"
+        )
+        params: list[Any] = []
+        for pk, row in zip(ids, rows, strict=True):
+            params.append(pk)
+            params.extend(field.get_db_prep_save(row[field.name], connection) for field in fields[1:])
+        # as django-q2's ORM broker writes a task (django_q/brokers/orm.py)
+        params += [capture.list_key or Conf.CLUSTER_NAME, capture.package, timezone.now()]
+        cursor.execute(sql, params)
+        return {key: pk for pk, key in cursor.fetchall()}
+
+
 def _enqueue(event_ids: list[int], *, using: str) -> None:
     """One task for the delivery's new events, existing only if the events do.
 
@@ -213,7 +353,7 @@ def _enqueue(event_ids: list[int], *, using: str) -> None:
     # save=False: the events record their own outcome, and saving every successful
     # task's result costs the worker more than the task (django-q2 reads all kept
     # results on each save); failed tasks are still kept
-    if Conf.ORM == using and not Conf.SYNC and not Conf.BROKER_CLASS:
+    if _queues_in_database(using):
         async_task(PROCESS_TASK, event_ids, save=False)
     else:
         transaction.on_commit(lambda: async_task(PROCESS_TASK, event_ids, save=False), using=using)

@@ -29,7 +29,11 @@ class CrmEvent(models.Model):
         DONE = "done"
         FAILED = "failed"
 
-    integration = models.ForeignKey("integrations.Integration", on_delete=models.CASCADE, related_name="crm_events")
+    # no index of its own: the unique constraint and crm_event_lead both start with it,
+    # and every index is one more write on the webhook's hot path
+    integration = models.ForeignKey(
+        "integrations.Integration", on_delete=models.CASCADE, related_name="crm_events", db_index=False
+    )
     kind = models.CharField(max_length=40, choices=Kind.choices)
     entity_type = models.CharField(max_length=20)  # lead, contact, note, message
     entity_id = models.BigIntegerField(null=True, blank=True)

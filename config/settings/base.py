@@ -230,7 +230,10 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
-    "filters": {"mask_webhook_keys": {"()": "config.logging.MaskWebhookKeys"}},
+    "filters": {
+        "mask_webhook_keys": {"()": "config.logging.MaskWebhookKeys"},
+        "drop_queued_in_statement": {"()": "config.logging.DropQueuedInStatement"},
+    },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["mask_webhook_keys"]}
     },
@@ -242,5 +245,7 @@ LOGGING = {
         "django.request": {"filters": ["mask_webhook_keys"]},
         "django.server": {"filters": ["mask_webhook_keys"], "handlers": ["console"], "propagate": False},
         "uvicorn.access": {"filters": ["mask_webhook_keys"], "handlers": ["console"], "propagate": False},
+        # django-q2 adds its own handler to this logger (a filter here survives that)
+        "django-q": {"filters": ["drop_queued_in_statement"]},
     },
 }

@@ -40,6 +40,9 @@ venv (not a project requirement). Run from anywhere:
     # also an async bare view, uvicorn's options explicit; then 500 deliveries/s offered
     … bench_webhook_intake.py --async-bare --server-arg=--loop=uvloop --server-arg=--http=httptools
     … bench_webhook_intake.py --rate 500 --no-drain
+
+    # three fresh servers in a row, then the range of their figures (the machine is noisy)
+    … bench_webhook_intake.py --repeat 3 --no-drain
 """
 from __future__ import annotations
 
@@ -215,6 +218,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="CRM_WEBHOOK_TARGET_CACHE_SECONDS of the servers (default: the project's, 2 s)",
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="measure each server this many times (a fresh server each time)"
+    )
     parser.add_argument("--database", default="bench_kommo_agents", help="database to (re)create for the run")
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the server (default INFO, as deployed)")
     parser.add_argument("--access-log", action="store_true", help="keep the server's per-request access log")
@@ -299,6 +305,45 @@ def server_command(server: str, port: int, workers: int, access_log: bool, extra
     argv = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}"]
     argv += ["--workers", str(workers)]
     return [*argv, "--access-logfile", "-", *extra] if access_log else [*argv, *extra]
+
+
+def cpu_seconds(*, group: int | None = None, command: str | None = None) -> float:
+    """User + system CPU seconds used so far by the live processes of a process group, or
+    of every process with this command name (``postgres``: all its backends), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # fields[2] is the process group; [11], [12] utime and stime (proc(5), from field 3)
+        if (group is not None and int(fields[2]) == group) or (command is not None and name == command):
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+class CpuMeter:
+    """CPU used by the server (its process group) and by PostgreSQL during a measurement."""
+
+    def __init__(self, group: int):
+        self.group = group
+
+    def __enter__(self):
+        self.server0, self.db0 = cpu_seconds(group=self.group), cpu_seconds(command="postgres")
+        return self
+
+    def __exit__(self, *exc):
+        self.server = cpu_seconds(group=self.group) - self.server0
+        self.db = cpu_seconds(command="postgres") - self.db0
+
+    def per_request_ms(self, result: dict) -> dict[str, float]:
+        done = max(result["completed"], 1)
+        return {"server_cpu_ms": 1000 * self.server / done, "postgres_cpu_ms": 1000 * self.db / done}
 
 
 # --- load ----------------------------------------------------------------------------------
@@ -447,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict] = {}
     failures: list[str] = []
-    for run_no, server in enumerate(servers, start=1):
+    for run_no, server in enumerate([s for s in servers for _ in range(max(args.repeat, 1))], start=1):
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         log = work / f"{server}.log"
@@ -466,14 +511,22 @@ def main(argv: list[str] | None = None) -> int:
             events_before = CrmEvent.objects.count()
             tasks_before = OrmQ.objects.count()
             first_lead += 10**11
-            bare = run_wrk(f"{base}/healthz", args, script, ["get"], args.seconds)
+            with CpuMeter(process.pid) as meter:
+                bare = run_wrk(f"{base}/healthz", args, script, ["get"], args.seconds)
+            bare |= meter.per_request_ms(bare)
             bare_async = None
             if args.async_bare:
                 run_wrk(f"{base}/bench/bare-async", args, script, ["get"], 2)
                 bare_async = run_wrk(f"{base}/bench/bare-async", args, script, ["get"], args.seconds)
-            hook = run_wrk(
-                f"{base}{webhook_path}", args, script, ["post", str(template), str(first_lead), str(per)], args.seconds
-            )
+            with CpuMeter(process.pid) as meter:
+                hook = run_wrk(
+                    f"{base}{webhook_path}",
+                    args,
+                    script,
+                    ["post", str(template), str(first_lead), str(per)],
+                    args.seconds,
+                )
+            hook |= meter.per_request_ms(hook)
         finally:
             stop(process)
         # the server has stopped: every request it accepted has committed or rolled back
@@ -509,9 +562,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"errors, {hook['timeouts']} timeouts"
             )
         errors_logged = sum(1 for line in log.read_text(errors="replace").splitlines() if " ERROR " in line)
-        results[server] = {"bare": bare, "webhook": hook, "check": check, "errors_logged": errors_logged}
+        result = {"bare": bare, "webhook": hook, "check": check, "errors_logged": errors_logged}
         if bare_async:
-            results[server]["bare_async"] = bare_async
+            result["bare_async"] = bare_async
+        results.setdefault(server, []).append(result)
         failures += [f"{server}: {p}" for p in problems]
         ratio = hook["ok_rps"] / bare["rps"] if bare["rps"] else 0
         extra = f" {' '.join(args.server_arg)}" if args.server_arg else ""
@@ -528,6 +582,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.rate:
             print(f"  webhook / bare         {ratio:8.2f}")
+        print(
+            f"  CPU a request: server {bare['server_cpu_ms']:.2f} ms bare, {hook['server_cpu_ms']:.2f} ms webhook; "
+            f"PostgreSQL {hook['postgres_cpu_ms']:.2f} ms a delivery"
+        )
         print(
             f"  accepted {hook['ok']}, stored {stored} events = {stored_deliveries} deliveries "
             f"({in_flight} in flight when wrk stopped), {tasks} tasks queued, "
@@ -551,6 +609,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'met' if goal else 'NOT met'}"
             )
         print("  check: " + ("; ".join(problems) if problems else "no event lost or duplicated"))
+        result["goal_met"] = goal
+
+    for server, runs in results.items():
+        if len(runs) > 1:
+            rps = [r["webhook"]["ok_rps"] for r in runs]
+            p99 = [r["webhook"]["p99_us"] / 1000 for r in runs]
+            ratios = [r["webhook"]["ok_rps"] / r["bare"]["rps"] for r in runs if r["bare"]["rps"]]
+            print(
+                f"\n== {server}, {len(runs)} runs: {min(rps):.0f}-{max(rps):.0f} deliveries/s, p99 {min(p99):.0f}-"
+                f"{max(p99):.0f} ms, webhook / bare {min(ratios):.2f}-{max(ratios):.2f}; goal met in "
+                f"{sum(r['goal_met'] for r in runs)} of {len(runs)}"
+            )
 
     if not args.no_drain:
         pending = CrmEvent.objects.filter(status=CrmEvent.Status.PENDING)

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connection, transaction
 from django.test import Client, RequestFactory
 from django_q.conf import Conf
@@ -14,6 +15,7 @@ from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
 from crm import intake, views
+from crm.dispatch import events_process
 from crm.models import CrmEvent
 from crm.webhooks import parse_delivery
 from integrations.models import Integration
@@ -181,7 +183,7 @@ def test_a_non_kommo_integrations_key_is_404(client, agent):
 
 
 def test_a_body_that_does_not_parse_is_400_logged_and_nothing_is_stored(client, kommo, caplog):
-    caplog.set_level(logging.WARNING, logger="crm.views")
+    caplog.set_level(logging.WARNING, logger="crm.intake")
 
     response = post(client, kommo, b"leads[status][0][name]=Lead+without+an+id&account[id]=31416592")
 
@@ -242,7 +244,7 @@ def test_form_data_with_a_charset_is_accepted(client, kommo, django_capture_on_c
 
 
 def test_another_accounts_delivery_is_403_logged_and_nothing_is_stored(client, kommo, caplog):
-    caplog.set_level(logging.WARNING, logger="crm.views")
+    caplog.set_level(logging.WARNING, logger="crm.intake")
 
     response = post(client, kommo, body("lead_added").replace(b"31416592", b"99999999"))
 
@@ -514,3 +516,107 @@ def test_the_cache_keeps_a_bounded_number_of_keys(kommo, monkeypatch):
         assert len(intake._targets) <= 3
     assert intake.webhook_target_get(key="not-a-key") is None
     assert "not-a-key" not in intake._targets
+
+
+# --- PostgreSQL with the database broker: events and task in one statement ----------------
+
+postgres_only = pytest.mark.skipif(
+    "postgresql" not in django_settings.DATABASES["default"]["ENGINE"], reason="the one-statement path is PostgreSQL's"
+)
+
+
+def queued_tasks() -> list[dict]:
+    return [SignedPackage.loads(q.payload) for q in OrmQ.objects.order_by("id")]
+
+
+@postgres_only
+def test_on_postgresql_a_delivery_costs_an_id_draw_and_one_statement(kommo, monkeypatch, django_assert_num_queries):
+    monkeypatch.setattr(Conf, "SYNC", False)
+    changes = parse_delivery(body("lead_status_changed")).changes
+    intake.delivery_store(integration_id=kommo.id, changes=changes[:1])  # learns the sequence's name
+
+    with django_assert_num_queries(2) as captured:
+        stored_now = intake.delivery_store(integration_id=kommo.id, changes=changes[1:])
+
+    draw, statement = (q["sql"] for q in captured.captured_queries)
+    assert draw.startswith("SELECT nextval(")
+    assert statement.startswith('WITH new AS (INSERT INTO "crm_crmevent"') and '"django_q_ormq"' in statement
+    assert [task["args"] for task in queued_tasks()][-1] == (list(stored_now.event_ids),)
+
+
+@postgres_only
+def test_on_postgresql_the_task_names_ids_of_duplicates_that_were_never_used(kommo, monkeypatch, recorded):
+    monkeypatch.setattr(Conf, "SYNC", False)
+    first, second = parse_delivery(body("lead_status_changed")).changes
+    (earlier,) = intake.delivery_store(integration_id=kommo.id, changes=[first]).event_ids
+
+    stored_now = intake.delivery_store(integration_id=kommo.id, changes=[first, second])
+
+    assert stored_now.duplicates == 1
+    (new,) = stored_now.event_ids
+    (ids,) = queued_tasks()[-1]["args"]
+    assert len(ids) == 2 and new in ids and earlier not in ids
+    assert set(CrmEvent.objects.values_list("id", flat=True)) == {earlier, new}  # the other id is unused
+    assert events_process(event_ids=ids) == {"done": 1, "failed": 0, "retrying": 0}
+    assert [call[1] for call in recorded] == [new]
+
+
+@postgres_only
+def test_on_postgresql_an_all_duplicate_delivery_queues_nothing(kommo, monkeypatch):
+    monkeypatch.setattr(Conf, "SYNC", False)
+    changes = parse_delivery(body("lead_status_changed")).changes
+    intake.delivery_store(integration_id=kommo.id, changes=changes)
+
+    again = intake.delivery_store(integration_id=kommo.id, changes=changes)
+
+    assert (again.event_ids, again.duplicates) == ((), len(changes))
+    assert OrmQ.objects.count() == 1
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_racing_statements_store_and_queue_a_change_once(monkeypatch):
+    """One delivery's statement inserted a change and its transaction is still open; the
+    same change arriving meanwhile waits on the unique index, then stores and queues nothing."""
+    monkeypatch.setattr(Conf, "SYNC", False)
+    integration = make_kommo_integration(make_agent())
+    changes = parse_delivery(body("lead_updated")).changes
+    inserted, results = threading.Event(), {}
+
+    def first() -> None:
+        try:
+            with transaction.atomic():
+                results["first"] = intake.delivery_store(integration_id=integration.id, changes=changes)
+                inserted.set()
+                time.sleep(0.5)
+        finally:
+            connection.close()
+
+    def second() -> None:
+        try:
+            inserted.wait(5)
+            results["second"] = intake.delivery_store(integration_id=integration.id, changes=changes)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert len(results["first"].event_ids) == len(changes)
+    assert (results["second"].event_ids, results["second"].duplicates) == ((), len(changes))
+    assert CrmEvent.objects.filter(integration=integration).count() == len(changes)
+    assert OrmQ.objects.count() == 1
+
+
+@postgres_only
+def test_on_postgresql_a_delivery_logs_one_line_not_django_qs_enqueued_too(client, kommo, monkeypatch, caplog):
+    monkeypatch.setattr(Conf, "SYNC", False)
+    caplog.set_level(logging.INFO)
+
+    assert post(client, kommo, body("lead_added")).status_code == 200
+
+    assert OrmQ.objects.count() == 1
+    assert [r.getMessage() for r in caplog.records] == ["crm.webhook.accepted"]
