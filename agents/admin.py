@@ -19,7 +19,11 @@ from django.db import models
 from django.db.models import Count, QuerySet
 from django.forms.fields import InvalidJSONInput
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
@@ -31,7 +35,9 @@ from sequences.services import SEQUENCE_FIELDS, sequence_create, sequence_update
 from triggers.models import Trigger
 from triggers.services import TRIGGER_FIELDS, trigger_create, trigger_update
 
-from .models import Agent, AgentCrmAccess, ExecutionLog, LiveEvent
+from .conversations import conversation_hand_back, conversation_hand_off, message_retry
+from .models import Agent, AgentCrmAccess, Conversation, ConversationMessage, ExecutionLog, LiveEvent
+from .pipeline import test_chat_send
 from .selectors import owned
 from .services import (
     AGENT_FIELDS,
@@ -44,6 +50,13 @@ from .services import (
 )
 
 # --- JSON columns: edited as indented JSON -----------------------------------------------
+
+
+class TestChatForm(forms.Form):
+    text = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 80}), label="Message")
+    crm_lead_id = forms.IntegerField(
+        required=False, min_value=1, label="CRM lead id", help_text="Optional: answer as if this lead wrote."
+    )
 
 
 class JSONTextarea(forms.Textarea):
@@ -369,11 +382,12 @@ class AgentAdmin(OwnedAdminMixin, admin.ModelAdmin):
     list_filter = ["active", "ai_model", "language_detection"]
     search_fields = ["name", "instructions"]
     list_select_related = ["owner"]
-    readonly_fields = ["created_at", "updated_at"]
+    readonly_fields = ["created_at", "updated_at", "test_chat_link"]
     fieldsets = [
         (None, {"fields": ["owner", "name", "active", "ai_model"]}),
-        ("Conversation", {"fields": ["instructions", "language_detection", "default_language", "schedule"]}),
-        ("History", {"fields": ["created_at", "updated_at"]}),
+        ("Conversation", {"fields": ["instructions", "language_detection", "default_language"]}),
+        ("Working hours and handoff", {"fields": ["schedule", "outside_hours", "away_message", "handoff_minutes"]}),
+        ("History", {"fields": ["created_at", "updated_at", "test_chat_link"]}),
     ]
     inlines = [CrmAccessInline, IntegrationInline, TriggerInline, SequenceInline]
     actions = ["activate", "deactivate", "duplicate"]
@@ -399,6 +413,54 @@ class AgentAdmin(OwnedAdminMixin, admin.ModelAdmin):
     def get_search_fields(self, request):
         shown = list(super().get_search_fields(request))
         return shown + ["owner__username", "owner__email"] if request.user.is_superuser else shown
+
+    @admin.display(description="test chat")
+    def test_chat_link(self, agent: Agent) -> str:
+        if not agent.pk:
+            return "—"
+        return format_html('<a href="{}">Talk to this agent as a lead would</a>', f"../{agent.pk}/test-chat/")
+
+    def get_urls(self):
+        return [
+            path(
+                "<path:object_id>/test-chat/",
+                self.admin_site.admin_view(self.test_chat_view),
+                name="agents_agent_test_chat",
+            ),
+            *super().get_urls(),
+        ]
+
+    def test_chat_view(self, request: HttpRequest, object_id: str):
+        agent = self.get_object(request, object_id)
+        if agent is None or not self.has_view_permission(request, agent):
+            raise Http404("No such agent")
+        chat_id = f"test:{request.user.pk}"
+        conversation = Conversation.objects.filter(agent=agent, integration=None, chat_id=chat_id).first()
+        form = TestChatForm(request.POST or None, initial={"crm_lead_id": conversation and conversation.crm_lead_id})
+        if request.method == "POST":
+            if "reset" in request.POST:
+                if conversation is not None:
+                    conversation.delete()
+                return redirect(request.path)
+            if form.is_valid():
+                test_chat_send(
+                    agent=agent,
+                    chat_id=chat_id,
+                    sender_name=request.user.get_username(),
+                    text=form.cleaned_data["text"],
+                    crm_lead_id=form.cleaned_data["crm_lead_id"],
+                )
+                return redirect(request.path)
+        shown = conversation.messages.order_by("id") if conversation else []
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "agent": agent,
+            "form": form,
+            "messages_shown": shown,
+            "title": f"Test chat with {agent}",
+        }
+        return TemplateResponse(request, "admin/agents/test_chat.html", context)
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)
@@ -556,3 +618,140 @@ class LiveEventAdmin(OwnedAdminMixin, admin.ModelAdmin):
     @admin.display(description="payload")
     def payload_pretty(self, event: LiveEvent) -> str:
         return pretty_json(event.payload)
+
+
+class ConversationMessageInline(admin.TabularInline):
+    """The exchange, both sides, with how each reply was made."""
+
+    model = ConversationMessage
+    extra = 0
+    can_delete = False
+    fields = ["created_at", "author", "text", "status", "model_used", "tokens", "latency", "error"]
+    readonly_fields = fields
+    ordering = ["id"]
+
+    def has_view_permission(self, request, obj=None):
+        return True  # shown only inside a conversation the user may see (ConversationAdmin)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="model")
+    def model_used(self, message: ConversationMessage) -> str:
+        return f"{message.ai_provider}:{message.ai_model}" if message.ai_model else "—"
+
+    @admin.display(description="tokens in / out")
+    def tokens(self, message: ConversationMessage) -> str:
+        if message.input_tokens is None and message.output_tokens is None:
+            return "—"
+        return f"{message.input_tokens or 0} / {message.output_tokens or 0}"
+
+    @admin.display(description="latency")
+    def latency(self, message: ConversationMessage) -> str:
+        return "—" if message.latency_ms is None else f"{message.latency_ms} ms"
+
+
+@admin.register(Conversation)
+class ConversationAdmin(OwnedAdminMixin, admin.ModelAdmin):
+    editable = False
+    list_display = ["updated_at", "who", "agent", "integration", "crm_lead_id", "handed_off", "last_inbound_at"]
+    list_filter = [("agent", admin.RelatedOnlyFieldListFilter), "integration__integration_type"]
+    search_fields = ["crm_lead_id__exact", "sender_name", "phone", "chat_id"]
+    list_select_related = ["agent", "integration__agent"]
+    fields = [
+        "agent",
+        "integration",
+        "chat_id",
+        "sender_name",
+        "phone",
+        "language",
+        "crm_contact_id",
+        "crm_lead_id",
+        "handoff_until",
+        "handoff_reason",
+        "away_sent_at",
+        "last_inbound_at",
+        "created_at",
+        "updated_at",
+    ]
+    readonly_fields = fields
+    inlines = [ConversationMessageInline]
+    actions = ["hand_off", "hand_back"]
+
+    @admin.action(description="Hand off to the team (the agent stays quiet for its handoff time)")
+    def hand_off(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
+        for conversation in queryset.select_related("agent"):
+            conversation_hand_off(conversation=conversation, reason="staff")
+        self.message_user(request, f"{queryset.count()} conversation(s) handed off to the team.")
+
+    @admin.action(description="Hand back to the agent (it answers the next message)")
+    def hand_back(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
+        for conversation in queryset:
+            conversation_hand_back(conversation=conversation)
+        self.message_user(request, f"{queryset.count()} conversation(s) handed back to the agent.")
+
+    @admin.display(description="who", ordering="sender_name")
+    def who(self, conversation: Conversation) -> str:
+        return conversation.sender_name or conversation.phone or conversation.chat_id
+
+    @admin.display(description="handed off", boolean=True)
+    def handed_off(self, conversation: Conversation) -> bool:
+        return bool(conversation.handoff_until and conversation.handoff_until > timezone.now())
+
+
+@admin.register(ConversationMessage)
+class ConversationMessageAdmin(OwnedAdminMixin, admin.ModelAdmin):
+    """Every message, to find the ones that failed and retry them."""
+
+    owner_path = "conversation__agent__owner"
+    editable = False
+    list_display = ["created_at", "conversation", "author", "excerpt", "status", "attempts", "error_excerpt"]
+    list_filter = ["status", "direction", ("conversation__agent", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["conversation__crm_lead_id__exact", "text", "error"]
+    list_select_related = ["conversation__agent"]
+    fields = [
+        "conversation",
+        "direction",
+        "author",
+        "text",
+        "status",
+        "attempts",
+        "error",
+        "external_id",
+        "reply_to",
+        "ai_provider",
+        "ai_model",
+        "input_tokens",
+        "output_tokens",
+        "latency_ms",
+        "sent_at",
+        "created_at",
+        "claimed_at",
+        "processed_at",
+    ]
+    readonly_fields = fields
+    actions = ["retry"]
+
+    @admin.display(description="text")
+    def excerpt(self, message: ConversationMessage) -> str:
+        return Truncator(message.text).chars(80)
+
+    @admin.display(description="error")
+    def error_excerpt(self, message: ConversationMessage) -> str:
+        return Truncator(message.error).chars(80)
+
+    @admin.action(description="Retry the failed messages")
+    def retry(self, request: HttpRequest, queryset: QuerySet[ConversationMessage]) -> None:
+        retried = sum(message_retry(message=message) for message in queryset)
+        skipped = queryset.count() - retried
+        self.message_user(
+            request,
+            f"{retried} message(s) queued again" + (f"; {skipped} not failed, left as they are." if skipped else "."),
+            messages.SUCCESS if retried else messages.WARNING,
+        )

@@ -23,7 +23,7 @@ class Agent(models.Model):
         max_length=120,
         default=DEFAULT_AI_MODEL,
         validators=[JSONValidator("agents.schemas.check_ai_model", field="ai_model")],
-        help_text="provider:model, e.g. openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, google:gemini-2.5-flash.",
+        help_text="provider:model, e.g. openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, gemini:gemini-2.5-flash.",
     )
     language_detection = models.BooleanField(default=False, help_text="Answer in the language the lead writes in.")
     default_language = models.CharField(
@@ -37,6 +37,24 @@ class Agent(models.Model):
         validators=[JSONValidator("agents.schemas.check_schedule", field="schedule")],
         help_text='Working hours, e.g. {"timezone": "Europe/Moscow", "days": {"mon": [{"start": "09:00", '
         '"end": "18:00"}]}}. Empty: around the clock.',
+    )
+    outside_hours = models.CharField(
+        max_length=10,
+        choices=[
+            ("answer", "answer anyway"),
+            ("away_once", "send the away message once, then leave it to the team"),
+            ("silent", "stay silent and leave it to the team"),
+        ],
+        default="answer",
+        help_text="What the agent does with a message outside its working hours.",
+    )
+    away_message = models.TextField(
+        blank=True, help_text="Sent once per conversation outside working hours (with 'away_once')."
+    )
+    handoff_minutes = models.PositiveIntegerField(
+        default=24 * 60,
+        help_text="After a person from the team writes to a lead, or the lead asks for one, the agent stays "
+        "quiet in that conversation for this long (or until handed back).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -96,6 +114,7 @@ class ExecutionLog(models.Model):
         STARTED = "started", "Started"
         SUCCESS = "success", "Success"
         SKIPPED = "skipped", "Skipped"
+        RETRYING = "retrying", "Failed, will retry"
         FAILED = "failed", "Failed"
 
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="execution_logs")
@@ -150,3 +169,109 @@ class LiveEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} for {self.owner_id}"
+
+
+class Conversation(models.Model):
+    """A person's chat with an agent on one messenger integration (a Telegram chat, a
+    WhatsApp number), linked to the CRM lead it belongs to once it is known. Without an
+    integration it is a staff member's test chat (``chat_id`` "test:<user id>")."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="conversations")
+    integration = models.ForeignKey(
+        "integrations.Integration",
+        on_delete=models.CASCADE,
+        related_name="conversations",
+        null=True,
+        blank=True,
+        help_text="The messenger channel; empty for a staff test chat in the admin.",
+    )
+    chat_id = models.CharField(max_length=100, help_text="The chat on the channel: Telegram chat id, WhatsApp number.")
+    sender_name = models.CharField(max_length=200, blank=True)
+    phone = models.CharField(max_length=32, blank=True)
+    language = models.CharField(max_length=10, blank=True, help_text="The language the person writes in, last seen.")
+    crm_contact_id = models.BigIntegerField(null=True, blank=True)
+    crm_lead_id = models.BigIntegerField(null=True, blank=True)
+    handoff_until = models.DateTimeField(
+        null=True, blank=True, help_text="Until then a person from the team answers, not the agent."
+    )
+    handoff_reason = models.CharField(max_length=40, blank=True)
+    away_sent_at = models.DateTimeField(null=True, blank=True)
+    last_inbound_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["integration", "chat_id"], name="conversation_once_per_chat")]
+        indexes = [
+            models.Index(fields=["agent", "-updated_at"], name="conversation_agent_recent"),
+            models.Index(fields=["crm_lead_id"], name="conversation_lead"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sender_name or self.chat_id} with {self.agent_id}"
+
+    @property
+    def is_test(self) -> bool:
+        return self.integration_id is None
+
+
+class ConversationMessage(models.Model):
+    """One message of a conversation, either way. Inbound ones are stored before they
+    are acknowledged to the channel, once (the channel's message id), and are the unit
+    the reply pipeline works on; outbound ones record how the reply was made."""
+
+    class Direction(models.TextChoices):
+        INBOUND = "in", "from the person"
+        OUTBOUND = "out", "to the person"
+
+    class Author(models.TextChoices):
+        LEAD = "lead"
+        AGENT = "agent"
+        TEAM = "team", "a person from the team"
+
+    class Status(models.TextChoices):
+        RECEIVED = "received"  # inbound, waiting for the pipeline
+        PROCESSING = "processing"
+        ANSWERED = "answered"  # inbound, a reply was sent
+        SKIPPED = "skipped"  # inbound, deliberately not answered (handoff, outside hours…): see error
+        FAILED = "failed"  # after the last attempt: see error; can be retried from the admin
+        SENT = "sent"  # outbound
+        NOT_SENT = "not_sent"  # outbound that the channel refused: see error
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    direction = models.CharField(max_length=3, choices=Direction.choices)
+    author = models.CharField(max_length=10, choices=Author.choices)
+    external_id = models.CharField(max_length=120, blank=True, help_text="The channel's id of the message.")
+    text = models.TextField(blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True)
+    reply_to = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies")
+    ai_provider = models.CharField(max_length=20, blank=True)
+    ai_model = models.CharField(max_length=120, blank=True)
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True, help_text="When the channel says it was written.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    claimed_at = models.DateTimeField(null=True, blank=True, help_text="When the last attempt started.")
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            # a redelivered inbound message is recognised by its channel id
+            models.UniqueConstraint(
+                fields=["conversation", "external_id"],
+                condition=models.Q(direction="in") & ~models.Q(external_id=""),
+                name="inbound_message_once",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["conversation", "-id"], name="message_conversation_recent"),
+            models.Index(fields=["status", "id"], name="message_waiting", condition=models.Q(status="received")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_direction_display()} #{self.pk}"

@@ -126,7 +126,7 @@ def check_schedule(value: Any) -> list[Problem]:
 AI_PROVIDERS = {
     "openai": "OpenAI (and OpenAI-compatible servers)",
     "anthropic": "Anthropic Claude",
-    "google": "Google Gemini",
+    "gemini": "Google Gemini",
 }
 DEFAULT_AI_MODEL = "openai:gpt-4o-mini"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,99}$")

@@ -13,7 +13,18 @@ from config.services import model_save
 from .models import Agent, AgentCrmAccess, ExecutionLog
 from .realtime import send_event_on_commit
 
-AGENT_FIELDS = ("name", "active", "instructions", "ai_model", "language_detection", "default_language", "schedule")
+AGENT_FIELDS = (
+    "name",
+    "active",
+    "instructions",
+    "ai_model",
+    "language_detection",
+    "default_language",
+    "schedule",
+    "outside_hours",
+    "away_message",
+    "handoff_minutes",
+)
 CRM_ACCESS_FIELDS = ("lead_fields", "contact_fields")
 
 

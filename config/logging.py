@@ -1,6 +1,6 @@
 """Logging filters shared by every process.
 
-The CRM webhook URL carries the integration's secret key in its path, and request
+Webhook URLs (the CRM, the messengers) carry the integration's secret key in their path, and request
 logs (uvicorn's access log, Django's "Bad Request: /path") print paths: the key is
 masked before any handler sees the record.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 
-_WEBHOOK_KEY = re.compile(r"(/api/webhooks/crm/)[^/?#\s\"']+")
+_WEBHOOK_KEY = re.compile(r"(/api/webhooks/[a-z]+/)[^/?#\s\"']+")
 
 
 def mask_webhook_keys(text: str) -> str:

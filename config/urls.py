@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
+from agents.api.ai import AIModelsView
 from agents.api.views import AgentViewSet, ExecutionLogViewSet
 from crm.api import views as crm_views
 from integrations.api.views import IntegrationViewSet
@@ -27,6 +28,7 @@ urlpatterns = [
     re_path(r"^api/crm/users/?$", crm_views.UsersView.as_view(), name="crm-users"),
     re_path(r"^api/crm/tags/?$", crm_views.TagsView.as_view(), name="crm-tags"),
     path("api/crm/oauth/start", crm_views.OAuthStartView.as_view(), name="crm-oauth-start-api"),
+    re_path(r"^api/ai/models/?$", AIModelsView.as_view(), name="ai-models"),
     path("crm/oauth/start/<int:integration_id>", crm_views.oauth_start, name="crm-oauth-start"),
     path("crm/oauth/callback", crm_views.oauth_callback, name="crm-oauth-callback"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

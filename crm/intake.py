@@ -21,6 +21,7 @@ from django_q.models import OrmQ
 from django_q.tasks import async_task
 
 from config.logging import QUEUED_IN_STATEMENT
+from config.tasks import enqueue_with_transaction, queues_in_database
 from integrations.models import Integration
 
 from .dispatch import PROCESS_TASK
@@ -279,11 +280,7 @@ def _insert_new(rows: list[dict[str, Any]], *, using: str) -> dict[str, int]:
 def _queue_in_statement(using: str) -> bool:
     """Whether the task can be queued by the statement that stores the events: on
     PostgreSQL with django-q2's ORM broker on the same database."""
-    return connections[using].vendor == "postgresql" and _queues_in_database(using)
-
-
-def _queues_in_database(using: str) -> bool:
-    return Conf.ORM == using and not Conf.SYNC and not Conf.BROKER_CLASS
+    return connections[using].vendor == "postgresql" and queues_in_database(using)
 
 
 class _Capture:
@@ -343,17 +340,4 @@ def _insert_new_and_queue(rows: list[dict[str, Any]], *, using: str) -> dict[str
 
 
 def _enqueue(event_ids: list[int], *, using: str) -> None:
-    """One task for the delivery's new events, existing only if the events do.
-
-    django-q2's ORM broker writes the task into this same database: queued inside the
-    transaction it commits or rolls back with the events, and costs ~0.5 ms instead of a
-    connection check (shared/notes/measured-here.md). Any other broker, or synchronous
-    tasks (tests), cannot join the transaction: those are queued once it commits.
-    """
-    # save=False: the events record their own outcome, and saving every successful
-    # task's result costs the worker more than the task (django-q2 reads all kept
-    # results on each save); failed tasks are still kept
-    if _queues_in_database(using):
-        async_task(PROCESS_TASK, event_ids, save=False)
-    else:
-        transaction.on_commit(lambda: async_task(PROCESS_TASK, event_ids, save=False), using=using)
+    enqueue_with_transaction(PROCESS_TASK, event_ids, using=using)

@@ -12,6 +12,14 @@ from config.validation import JSONValidator, raise_problems
 from .fields import EncryptedJSONField
 from .schemas import IntegrationType, check_config
 
+# the URL name (config/urls.py) of each type's webhook, taking the integration's key
+WEBHOOK_URL_NAMES = {
+    IntegrationType.KOMMO: "crm-webhook",
+    IntegrationType.TELEGRAM: "telegram-webhook",
+    IntegrationType.WHATSAPP_CLOUD: "whatsapp-webhook",
+    IntegrationType.TWILIO_WHATSAPP: "twilio-webhook",
+}
+
 
 def new_webhook_key() -> str:
     return secrets.token_urlsafe(32)
@@ -68,10 +76,12 @@ class Integration(models.Model):
 
     @property
     def webhook_url(self) -> str | None:
-        """The full URL the outside service posts its events to (the CRM, for now)."""
-        if self.integration_type != IntegrationType.KOMMO:
+        """The full URL the outside service (the CRM, a messenger) posts its events to;
+        None for a type that has no webhook (Google Calendar)."""
+        name = WEBHOOK_URL_NAMES.get(self.integration_type)
+        if name is None:
             return None
-        path = reverse("crm-webhook", kwargs={"key": self.webhook_key})
+        path = reverse(name, kwargs={"key": self.webhook_key})
         return f"{settings.PUBLIC_BASE_URL.rstrip('/')}{path}"
 
     @property

@@ -6,6 +6,7 @@ documents them.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ConfigDict
@@ -52,27 +53,49 @@ class GoogleCalendarConfig(OpenConfig):
     calendar_id: str | None = None
 
 
+# Before the messenger clients these keys were called api_base_url; a value left under the
+# old name would be ignored without a word, so it is refused with the new name.
+def _renamed(config: OpenConfig) -> list[Problem]:
+    extra = config.model_extra or {}
+    return [(("api_base_url",), "renamed: use base_url")] if "api_base_url" in extra else []
+
+
+# +E.164: a plus, a country code (not 0) and up to 15 digits in all; Twilio also shows its
+# WhatsApp senders as "whatsapp:+14155238886", which is accepted as it is.
+_E164 = re.compile(r"(whatsapp:)?\+[1-9]\d{6,14}")
+
+
 class TelegramConfig(OpenConfig):
-    api_base_url: str | None = None
+    base_url: str | None = None  # default https://api.telegram.org (a local Bot API server, a test double)
 
     def problems(self) -> list[Problem]:
-        return _https_or_http(self.api_base_url, "api_base_url")
+        return _https_or_http(self.base_url, "base_url") + _renamed(self)
 
 
 class WhatsAppCloudConfig(OpenConfig):
-    phone_number_id: str | None = None
-    api_base_url: str | None = None
+    phone_number_id: str | None = None  # WhatsApp Manager → the number's "Phone number ID"
+    base_url: str | None = None  # default https://graph.facebook.com/v21.0
 
     def problems(self) -> list[Problem]:
-        return _https_or_http(self.api_base_url, "api_base_url")
+        problems = _https_or_http(self.base_url, "base_url") + _renamed(self)
+        value = self.phone_number_id
+        if value is not None and not (value.isascii() and value.isdigit()):
+            message = f"expected the number's Phone number ID (digits only), got {show(value)}"
+            problems.append((("phone_number_id",), message))
+        return problems
 
 
 class TwilioWhatsAppConfig(OpenConfig):
-    from_number: str | None = None
-    api_base_url: str | None = None
+    from_number: str | None = None  # the WhatsApp sender, +E.164: "+14155238886"
+    base_url: str | None = None  # default https://api.twilio.com
 
     def problems(self) -> list[Problem]:
-        return _https_or_http(self.api_base_url, "api_base_url")
+        problems = _https_or_http(self.base_url, "base_url") + _renamed(self)
+        value = self.from_number
+        if value is not None and not _E164.fullmatch(value):
+            message = f"expected a phone number in international format like +14155238886, got {show(value)}"
+            problems.append((("from_number",), message))
+        return problems
 
 
 CONFIG_SCHEMAS: dict[str, type[OpenConfig]] = {
@@ -81,6 +104,13 @@ CONFIG_SCHEMAS: dict[str, type[OpenConfig]] = {
     IntegrationType.TELEGRAM: TelegramConfig,
     IntegrationType.WHATSAPP_CLOUD: WhatsAppCloudConfig,
     IntegrationType.TWILIO_WHATSAPP: TwilioWhatsAppConfig,
+}
+
+# The credential keys each messenger's client and webhook checks read (docs/json-fields.md).
+CREDENTIAL_KEYS: dict[str, tuple[str, ...]] = {
+    IntegrationType.TELEGRAM: ("bot_token", "secret_token"),
+    IntegrationType.WHATSAPP_CLOUD: ("access_token", "app_secret", "verify_token"),
+    IntegrationType.TWILIO_WHATSAPP: ("account_sid", "auth_token"),
 }
 
 

@@ -609,8 +609,8 @@ BAD_JSON = [
         "integrations_integration",
         "integration",
         "config",
-        '{"api_base_url": "ftp://bot.example"}',
-        'config.api_base_url: expected an http(s) URL, got "ftp://bot.example"',
+        '{"base_url": "ftp://bot.example"}',
+        'config.base_url: expected an http(s) URL, got "ftp://bot.example"',
     ),
 ]
 
@@ -708,7 +708,7 @@ def test_no_admin_page_shows_a_stored_secret(admin_user_client, mine):
     page = admin_user_client.get(url("integrations_integration", "change", mine.integration.pk))
     admin_user_client.post(
         url("integrations_integration", "change", mine.integration.pk),
-        post_data(page, config='{"api_base_url": "https://tg.example"}'),
+        post_data(page, config='{"base_url": "https://tg.example"}'),
     )
 
     pages = _pages_around_an_integration(admin_user_client, mine)
@@ -807,7 +807,7 @@ def test_typed_credentials_are_not_sent_back_when_another_field_is_wrong(staff_c
 
     response = staff_client.post(
         url("integrations_integration", "change", mine.integration.pk),
-        post_data(page, config='{"api_base_url": "ftp://x"}', new_credentials='{"bot_token": "NEW-SECRET-typed"}'),
+        post_data(page, config='{"base_url": "ftp://x"}', new_credentials='{"bot_token": "NEW-SECRET-typed"}'),
     )
 
     assert response.status_code == 200

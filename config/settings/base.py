@@ -190,6 +190,20 @@ PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
 HTTP_CONNECT_TIMEOUT_SECONDS = env.float("HTTP_CONNECT_TIMEOUT_SECONDS", default=5)
 HTTP_READ_TIMEOUT_SECONDS = env.float("HTTP_READ_TIMEOUT_SECONDS", default=30)
 
+# --- AI models (agents/ai/) ------------------------------------------------------------
+# Keys come from the environment only: never from the database, never through the API.
+# An empty base URL means the vendor's own; OPENAI_BASE_URL may name any OpenAI-compatible server.
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
+ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
+ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
+GEMINI_API_KEY = env.str("GEMINI_API_KEY", default="")
+GEMINI_BASE_URL = env.str("GEMINI_BASE_URL", default="")
+AI_TIMEOUT_SECONDS = env.float("AI_TIMEOUT_SECONDS", default=30)  # per attempt
+AI_MAX_RETRIES = env.int("AI_MAX_RETRIES", default=2)  # on 429, 5xx, timeouts, connection errors
+# agents/language.py: the languages a lead's message may be recognised in (ISO 639-1)
+LANGUAGE_DETECTION_LANGUAGES = env.str("LANGUAGE_DETECTION_LANGUAGES", default="en,ru,es,pt,de,fr,it,uk,tr,ar,pl,kk")
+
 # --- CRM (Kommo / amoCRM) ------------------------------------------------------------------
 KOMMO_RATE_LIMIT_PER_SECOND = env.float("KOMMO_RATE_LIMIT_PER_SECOND", default=7)
 KOMMO_AUTHORIZE_URL = env.str("KOMMO_AUTHORIZE_URL", default="https://www.kommo.com/oauth")
@@ -202,6 +216,7 @@ CRM_WEBHOOK_TARGET_CACHE_SECONDS = env.float("CRM_WEBHOOK_TARGET_CACHE_SECONDS",
 # paths of functions taking a crm.models.CrmEvent. Later features add theirs.
 CRM_EVENT_HANDLERS = [
     "crm.handlers.log_event",
+    "agents.handlers.forget_changed_lead",
 ]
 
 # --- Encrypted credentials ------------------------------------------------------------

@@ -112,7 +112,7 @@ def test_schedule_of_wrong_type_is_a_field_error(api):
     ("ai_model", "message"),
     [
         ("gpt-4o", 'ai_model: expected provider:model, e.g. \'openai:gpt-4o-mini\', got "gpt-4o"'),
-        ("mistral:large", 'ai_model: unknown provider "mistral" (known: openai, anthropic, google)'),
+        ("mistral:large", 'ai_model: unknown provider "mistral" (known: openai, anthropic, gemini)'),
         ("openai:", 'ai_model: model name "" is empty or has characters a model name cannot have'),
     ],
 )

@@ -58,7 +58,7 @@ def test_credentials_are_not_stored_in_plaintext(agent):
 def test_patch_without_credentials_keeps_them_and_with_credentials_replaces_them(api, agent):
     integration = make_integration(agent=agent, credentials={"bot_token": SECRET})
 
-    api.patch(f"/api/integrations/{integration.id}/", {"config": {"api_base_url": "http://127.0.0.1:9"}}, format="json")
+    api.patch(f"/api/integrations/{integration.id}/", {"config": {"base_url": "http://127.0.0.1:9"}}, format="json")
     integration.refresh_from_db()
     assert integration.credentials == {"bot_token": SECRET}
 

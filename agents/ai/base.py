@@ -1,0 +1,281 @@
+"""The one interface every AI provider implements, and what goes in and comes out of it.
+
+A provider reads its key and base URL from settings (environment variables only), builds
+its SDK client once per process and reuses it, and turns the SDK's exceptions into
+agents.ai.errors. Timing, the log line and the "key missing" check happen here, the same
+for every provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from django.conf import settings
+
+from .errors import AIConfigError, AIError, AIPermanentError, AIRateLimited, AITransientError
+
+logger = logging.getLogger("agents.ai")
+
+Role = Literal["user", "assistant"]
+ROLES = ("user", "assistant")
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One turn of the conversation: the lead's ("user") or the agent's ("assistant")."""
+
+    role: Role
+    text: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The model's reply and what it cost."""
+
+    text: str
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    latency_ms: int
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a provider's SDK call returns, before timing is added."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    api_key: str
+    base_url: str
+    timeout: float
+    max_retries: int
+
+    def __repr__(self) -> str:  # the key must not reach a log line or a traceback's locals
+        return f"ProviderConfig(base_url={self.base_url!r}, timeout={self.timeout}, max_retries={self.max_retries})"
+
+
+# --- SDK clients: one per process and configuration -----------------------------------
+
+_clients: dict[tuple[Any, ...], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def cached_client(provider: str, config: ProviderConfig, build: Callable[[ProviderConfig], Any]) -> Any:
+    """The SDK client for this configuration, built on first use in this process.
+
+    Keyed by the process id too: a client (its connection pool) must not be shared with a
+    forked worker process.
+    """
+    key_digest = hashlib.sha256(config.api_key.encode()).hexdigest()
+    cache_key = (os.getpid(), provider, config.base_url, key_digest, config.timeout, config.max_retries)
+    client = _clients.get(cache_key)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(cache_key)
+            if client is None:
+                client = _clients[cache_key] = build(config)
+    return client
+
+
+def clear_client_cache() -> None:
+    with _clients_lock:
+        _clients.clear()
+
+
+def redact(text: str, secret: str, limit: int = 300) -> str:
+    """``text`` without ``secret`` in it, shortened to ``limit`` characters."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class RedactKeys(logging.Filter):
+    """Takes the configured API keys out of log records.
+
+    Attached to the SDKs' loggers: google-genai logs the provider's error body when it
+    retries, and a server may quote the key it was sent.
+    """
+
+    def __init__(self, key_settings: Sequence[str]) -> None:
+        super().__init__()
+        self.key_settings = tuple(key_settings)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        keys = [key for key in (getattr(settings, name, "") for name in self.key_settings) if key]
+        if keys:
+            message = record.getMessage()
+            if any(key in message for key in keys):
+                for key in keys:
+                    message = message.replace(key, "[redacted]")
+                record.msg, record.args = message, None
+        return True
+
+
+def redact_keys_in_logs(logger_names: Sequence[str], key_settings: Sequence[str]) -> None:
+    redactor = RedactKeys(key_settings)
+    for name in logger_names:
+        sdk_logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactKeys) for f in sdk_logger.filters):
+            sdk_logger.addFilter(redactor)
+
+
+# --- The interface ----------------------------------------------------------------------
+
+
+class AIProvider(ABC):
+    """One vendor's chat model API. Subclasses implement ``build_client``, ``call`` and ``translate``."""
+
+    name: ClassVar[str]  # the prefix of ai_model: "openai" in "openai:gpt-4o-mini"
+    key_setting: ClassVar[str]  # e.g. "OPENAI_API_KEY"
+    base_url_setting: ClassVar[str]  # e.g. "OPENAI_BASE_URL"
+    default_base_url: ClassVar[str]
+
+    def is_configured(self) -> bool:
+        return bool((getattr(settings, self.key_setting, "") or "").strip())
+
+    def config(self) -> ProviderConfig:
+        """The settings of this provider; AIConfigError when its key is not set."""
+        api_key = (getattr(settings, self.key_setting, "") or "").strip()
+        if not api_key:
+            raise AIConfigError(f"{self.key_setting} is not set", provider=self.name)
+        return ProviderConfig(
+            api_key=api_key,
+            base_url=(getattr(settings, self.base_url_setting, "") or "").strip() or self.default_base_url,
+            timeout=float(settings.AI_TIMEOUT_SECONDS),
+            max_retries=int(settings.AI_MAX_RETRIES),
+        )
+
+    def client(self, config: ProviderConfig) -> Any:
+        return cached_client(self.name, config, self.build_client)
+
+    def complete(
+        self,
+        *,
+        model: str,
+        system: str,
+        messages: Sequence[ChatMessage],
+        max_tokens: int = 1000,
+        temperature: float = 0.7,
+    ) -> Completion:
+        """Ask ``model`` for the next assistant turn; one ``ai.request`` log line whatever happens."""
+        if not messages:
+            raise ValueError("messages must not be empty")
+        started = time.monotonic()
+        record: dict[str, Any] = {
+            "provider": self.name,
+            "model": model,
+            "messages": len(messages),
+            "prompt_chars": len(system) + sum(len(m.text) for m in messages),
+            "max_tokens": max_tokens,
+        }
+        api_key = ""
+        try:
+            config = self.config()
+            api_key = config.api_key
+            try:
+                reply = self.call(
+                    self.client(config),
+                    model=model,
+                    system=system,
+                    messages=messages,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                )
+            except AIError:
+                raise
+            except Exception as exc:
+                raise self.translate(exc, model=model, api_key=api_key) from exc
+            if not reply.text.strip():
+                record.update(input_tokens=reply.input_tokens, output_tokens=reply.output_tokens)
+                raise AIPermanentError(
+                    f"{self.name} {model} returned no text (finish reason: {reply.finish_reason or 'unknown'})",
+                    provider=self.name,
+                    model=model,
+                )
+        except AIError as exc:
+            exc.provider, exc.model = exc.provider or self.name, exc.model or model
+            record.update(
+                outcome=_outcome(exc),
+                error=type(exc).__name__,
+                status=exc.status,
+                latency_ms=_ms_since(started),
+            )
+            logger.info("ai.request", extra=record)
+            raise
+        completion = Completion(
+            text=reply.text,
+            provider=self.name,
+            model=model,
+            input_tokens=reply.input_tokens,
+            output_tokens=reply.output_tokens,
+            latency_ms=_ms_since(started),
+            finish_reason=reply.finish_reason,
+        )
+        record.update(
+            outcome="success",
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            latency_ms=completion.latency_ms,
+            finish_reason=completion.finish_reason,
+            reply_chars=len(completion.text),
+        )
+        logger.info("ai.request", extra=record)
+        return completion
+
+    # --- what each vendor implements ---
+
+    @abstractmethod
+    def build_client(self, config: ProviderConfig) -> Any:
+        """The vendor SDK's client with this key, base URL, timeout and retry budget."""
+
+    @abstractmethod
+    def call(
+        self,
+        client: Any,
+        *,
+        model: str,
+        system: str,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+    ) -> Reply:
+        """One request through the SDK (whose own retries apply)."""
+
+    @abstractmethod
+    def translate(self, exc: Exception, *, model: str, api_key: str) -> AIError:
+        """The typed error for an SDK exception; its message must not contain ``api_key``."""
+
+
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
+def _outcome(exc: AIError) -> str:
+    if isinstance(exc, AIConfigError):
+        return "config_error"
+    if isinstance(exc, AIRateLimited):
+        return "rate_limited"
+    if isinstance(exc, AITransientError):
+        return "transient_error"
+    return "permanent_error"

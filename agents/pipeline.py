@@ -1,0 +1,415 @@
+"""The reply pipeline (flow 2.5): an inbound message → its lead in the CRM → a reply
+written by the agent's AI model from the agent's instructions, the lead's *allowed* CRM
+fields and the recent conversation → sent on the channel it came from → stored, noted in
+the CRM and logged.
+
+Runs in the worker (``agents.tasks.reply_to_message``), one inbound message at a time.
+Transient failures (the AI provider, the CRM or the channel answering 429/5xx or timing
+out) put the message back to "received" and schedule another attempt with backoff; after
+``MAX_ATTEMPTS``, or at once for a permanent failure, the message is "failed" with the
+reason, and the admin can retry it.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from django_q.tasks import schedule
+
+from agents import ai
+from agents.ai.errors import AIError, AIPermanentError, AIRateLimited
+from agents.language import reply_language
+from crm import connection as crm
+from crm.client import Contact, FieldValue, Lead
+from integrations.errors import IntegrationError, PermanentError, RateLimited
+from integrations.models import Integration
+
+from .channels import send_text
+from .conversations import conversation_hand_off
+from .models import Agent, AgentCrmAccess, Conversation, ConversationMessage, ExecutionLog
+from .services import execution_log_write
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+HISTORY_MESSAGES = 20  # earlier messages of the conversation given to the model
+CRM_WAIT_SECONDS = 10  # at most this long for a slot of the CRM's rate limit
+LEAD_CACHE_SECONDS = 300
+Status = ConversationMessage.Status
+
+# "I want to talk to a person", in the languages the product's customers sell in
+_ASKS_FOR_HUMAN = re.compile(
+    r"\b(human|real person|live person|operator|manager|agent please|"
+    r"человек|живой|оператор|менеджер|"
+    r"людин|оператор|"
+    r"humano|persona real|operador|asesor|atendente|pessoa|"
+    r"mensch|mitarbeiter|"
+    r"humain|conseiller|"
+    r"insan|temsilci|yetkili)\w*",
+    re.IGNORECASE,
+)
+
+
+def asks_for_human(text: str) -> bool:
+    return bool(_ASKS_FOR_HUMAN.search(text or ""))
+
+
+@dataclass(frozen=True)
+class LeadContext:
+    lead: Lead | None
+    contact: Contact | None
+
+
+class Retry(Exception):
+    """A transient failure: try the message again later."""
+
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class Fail(Exception):
+    """A permanent failure: the message is failed with this reason."""
+
+
+# --- the entry point ------------------------------------------------------------------------
+
+
+def message_reply(*, message_id: int) -> str:
+    """Answer one inbound message; returns its final status for this attempt."""
+    claimed = ConversationMessage.objects.filter(
+        pk=message_id, direction=ConversationMessage.Direction.INBOUND, status=Status.RECEIVED
+    ).update(status=Status.PROCESSING, attempts=F("attempts") + 1, claimed_at=timezone.now())
+    if not claimed:
+        return "not_waiting"  # answered, being answered, or skipped already
+    message = ConversationMessage.objects.select_related(
+        "conversation__agent", "conversation__integration"
+    ).get(pk=message_id)
+    started = time.monotonic()
+    try:
+        status, reason = _reply(message)
+    except Retry as exc:
+        if message.attempts >= MAX_ATTEMPTS:
+            status, reason = Status.FAILED, f"{exc} (after {message.attempts} attempts)"
+        else:
+            _schedule_retry(message, exc.retry_after)
+            status, reason = Status.RECEIVED, str(exc)
+    except Fail as exc:
+        status, reason = Status.FAILED, str(exc)
+    except Exception as exc:  # a bug or the database: never leave the message "processing"
+        logger.exception("agents.reply.error", extra={"message_id": message.pk})
+        reason = f"unexpected error: {type(exc).__name__}"
+        if message.attempts >= MAX_ATTEMPTS:
+            status, reason = Status.FAILED, f"{reason} (after {message.attempts} attempts)"
+        else:
+            _schedule_retry(message, None)
+            status = Status.RECEIVED
+    _finish(message, status, reason, started)
+    return status
+
+
+def _reply(message: ConversationMessage) -> tuple[str, str]:
+    conversation = message.conversation
+    agent = conversation.agent
+    channel = conversation.integration
+    now = timezone.now()
+    if not agent.active:
+        return Status.SKIPPED, "the agent is switched off"
+    if channel is not None and not channel.active:
+        return Status.SKIPPED, "the channel's integration is switched off"
+    if conversation.handoff_until and conversation.handoff_until > now:
+        return Status.SKIPPED, f"handed off to the team until {conversation.handoff_until:%Y-%m-%d %H:%M} UTC"
+
+    hours = agent.working_hours  # None: around the clock
+    if hours is not None and not hours.is_open(now):
+        if agent.outside_hours == "silent":
+            return Status.SKIPPED, "outside working hours (the agent stays silent)"
+        if agent.outside_hours == "away_once":
+            if conversation.away_sent_at or not agent.away_message.strip():
+                return Status.SKIPPED, "outside working hours (away message already sent)"
+            _send_and_store(message, agent.away_message.strip(), completion=None)
+            Conversation.objects.filter(pk=conversation.pk).update(away_sent_at=now)
+            return Status.ANSWERED, "outside working hours: away message sent"
+
+    kommo = _kommo_of(agent)
+    if conversation.is_test and not conversation.crm_lead_id:
+        kommo = None  # a staff test chat reads only the lead staff named; it never creates one
+    context = _lead_context(kommo, conversation) if kommo else LeadContext(None, None)
+    handoff = asks_for_human(message.text)
+    language = reply_language(
+        detection=agent.language_detection,
+        default=agent.default_language,
+        text=message.text,
+        previous=conversation.language,
+    )
+    if language != conversation.language:
+        Conversation.objects.filter(pk=conversation.pk).update(language=language)
+    system = build_system_prompt(agent, context, language=language, handoff=handoff)
+    history = _history(message)
+    try:
+        completion = ai.complete(model_spec=agent.ai_model, system=system, messages=history)
+    except AIRateLimited as exc:
+        raise Retry(f"AI provider: {exc}", exc.retry_after) from exc
+    except AIPermanentError as exc:
+        raise Fail(f"AI provider: {exc}") from exc
+    except AIError as exc:
+        raise Retry(f"AI provider: {exc}") from exc
+    _send_and_store(message, completion.text, completion=completion)
+    crm_writes = kommo if not conversation.is_test else None  # a test chat leaves no trace in the CRM
+    if handoff:
+        _hand_off(conversation, agent, crm_writes, context, reason="lead_asked", text=message.text)
+    if crm_writes and context.lead:
+        _note_exchange(crm_writes, context.lead.id, message.text, completion.text)
+    return Status.ANSWERED, ""
+
+
+# --- CRM ------------------------------------------------------------------------------------
+
+
+def _kommo_of(agent: Agent) -> Integration | None:
+    return (
+        Integration.objects.filter(agent=agent, integration_type=Integration.Type.KOMMO, active=True)
+        .order_by("id")
+        .first()
+    )
+
+
+def _crm(kommo: Integration, operation):
+    try:
+        return crm.call(kommo, operation, max_wait=CRM_WAIT_SECONDS)
+    except RateLimited as exc:
+        raise Retry(f"CRM: {exc}", exc.retry_after) from exc
+    except PermanentError as exc:
+        raise Fail(f"CRM: {exc}") from exc
+    except IntegrationError as exc:  # auth, transient
+        raise Retry(f"CRM: {exc}") from exc
+
+
+def lead_cache_key(integration_id: int, lead_id: int) -> str:
+    return f"agents:lead-context:{integration_id}:{lead_id}"
+
+
+def _lead_context(kommo: Integration, conversation: Conversation) -> LeadContext:
+    """The conversation's lead and contact, found by the stored link or the phone number,
+    or created so that every conversation belongs to a lead.
+
+    A linked lead's data is cached for ``LEAD_CACHE_SECONDS``: a chat is many messages in
+    a few minutes, and each would otherwise cost two CRM requests out of the account's
+    7 a second. A CRM event about the lead or its contact drops the entry
+    (agents/handlers.py), so a change made in the CRM is seen at the next message."""
+    if conversation.crm_lead_id:
+        key = lead_cache_key(kommo.pk, conversation.crm_lead_id)
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
+        lead = _crm(kommo, lambda c: c.get_lead(conversation.crm_lead_id))
+        contact_id = conversation.crm_contact_id or lead.main_contact_id
+        contact = _crm(kommo, lambda c: c.get_contact(contact_id)) if contact_id else None
+        context = LeadContext(lead, contact)
+        cache.set(key, context, LEAD_CACHE_SECONDS)
+        return context
+    contact = None
+    if conversation.phone:
+        found = _crm(kommo, lambda c: c.find_contacts_by_phone(conversation.phone))
+        contact = found[0] if found else None
+    if contact and contact.lead_ids:
+        lead = _crm(kommo, lambda c: c.get_lead(max(contact.lead_ids)))  # the newest of them
+    else:
+        channel = conversation.integration.get_integration_type_display()
+        name = conversation.sender_name or conversation.phone or f"{channel} {conversation.chat_id}"
+        created = _crm(
+            kommo,
+            lambda c: c.create_lead_with_contact(
+                lead_name=f"Chat: {name}", contact_name=name, phone=conversation.phone or None
+            ),
+        )
+        # a lead created just now has no field values yet: nothing to read back
+        lead = Lead(
+            id=created.lead_id,
+            name=f"Chat: {name}",
+            price=None,
+            status_id=0,
+            pipeline_id=0,
+            responsible_user_id=None,
+        )
+        contact = Contact(id=created.contact_id, name=name) if created.contact_id else None
+    Conversation.objects.filter(pk=conversation.pk).update(
+        crm_lead_id=lead.id, crm_contact_id=contact.id if contact else None
+    )
+    conversation.crm_lead_id, conversation.crm_contact_id = lead.id, contact.id if contact else None
+    return LeadContext(lead, contact)
+
+
+def _hand_off(conversation, agent, kommo, context: LeadContext, *, reason: str, text: str) -> None:
+    conversation_hand_off(conversation=conversation, reason=reason, minutes=agent.handoff_minutes)
+    if kommo and context.lead:
+        lead = context.lead
+        due = int(time.time()) + 15 * 60
+        _crm(
+            kommo,
+            lambda c: c.create_task(
+                lead_id=lead.id,
+                text=f"The lead asked for a person in the chat: “{text[:200]}”",
+                complete_till=due,
+                responsible_user_id=lead.responsible_user_id,
+            ),
+        )
+
+
+def _note_exchange(kommo: Integration, lead_id: int, question: str, answer: str) -> None:
+    try:
+        _crm(kommo, lambda c: c.add_note(lead_id=lead_id, text=f"Lead: {question}\n\nAgent: {answer}"))
+    except (Retry, Fail) as exc:
+        # the reply went out; a missing note is logged, not worth another reply
+        logger.warning("agents.reply.note_failed", extra={"lead_id": lead_id, "error": str(exc)})
+
+
+# --- the prompt -----------------------------------------------------------------------------
+
+
+def allowed_values(values: Sequence[FieldValue], allowed: Sequence[int]) -> list[tuple[str, str]]:
+    """(name, value) of the fields the agent may read, in the order they were granted.
+    Everything else the CRM returned is dropped here, before any prompt is built."""
+    by_id = {value.field_id: value for value in values}
+    shown = []
+    for field_id in allowed:
+        value = by_id.get(field_id)
+        if value is None or not value.values:
+            continue
+        text = ", ".join(str(v.get("value") if isinstance(v, dict) else v) for v in value.values)
+        shown.append((value.field_name or str(field_id), text))
+    return shown
+
+
+def build_system_prompt(agent: Agent, context: LeadContext, *, language: str, handoff: bool = False) -> str:
+    access = AgentCrmAccess.objects.filter(agent=agent).first()
+    lead_fields = access.lead_fields if access else []
+    contact_fields = access.contact_fields if access else []
+    parts = [agent.instructions.strip() or "You are a helpful sales assistant."]
+    facts: list[str] = []
+    if context.lead:
+        facts += [f"- {name}: {value}" for name, value in allowed_values(context.lead.custom_fields, lead_fields)]
+    if context.contact:
+        facts += [
+            f"- {name}: {value}" for name, value in allowed_values(context.contact.custom_fields, contact_fields)
+        ]
+    if facts:
+        parts.append("What the CRM knows about this lead:\n" + "\n".join(facts))
+    parts.append(f"Answer in the language with the code “{language}”.")
+    if handoff:
+        parts.append("The lead asked to talk to a person: say briefly that a team member will reply soon.")
+    return "\n\n".join(parts)
+
+
+def _history(message: ConversationMessage) -> list[ai.ChatMessage]:
+    earlier = list(
+        ConversationMessage.objects.filter(conversation_id=message.conversation_id, id__lt=message.id)
+        .exclude(text="")
+        .order_by("-id")[:HISTORY_MESSAGES]
+    )
+    inbound = ConversationMessage.Direction.INBOUND
+    turns = [
+        ai.ChatMessage(role="user" if m.direction == inbound else "assistant", text=m.text) for m in reversed(earlier)
+    ]
+    return [*turns, ai.ChatMessage(role="user", text=message.text)]
+
+
+# --- sending and recording ------------------------------------------------------------------
+
+
+def _send_and_store(message: ConversationMessage, text: str, *, completion) -> None:
+    conversation = message.conversation
+    try:
+        # a staff test chat has no channel: the reply is only stored, and shown in the admin
+        sent = [] if conversation.is_test else send_text(conversation.integration, conversation, text)
+    except RateLimited as exc:
+        raise Retry(f"channel: {exc}", exc.retry_after) from exc
+    except PermanentError as exc:
+        raise Fail(f"channel: {exc}") from exc
+    except IntegrationError as exc:
+        raise Retry(f"channel: {exc}") from exc
+    ConversationMessage.objects.create(
+        conversation=conversation,
+        direction=ConversationMessage.Direction.OUTBOUND,
+        author=ConversationMessage.Author.AGENT,
+        external_id=sent[0].message_id if sent else "",
+        text=text,
+        status=Status.SENT,
+        reply_to=message,
+        ai_provider=completion.provider if completion else "",
+        ai_model=completion.model if completion else "",
+        input_tokens=completion.input_tokens if completion else None,
+        output_tokens=completion.output_tokens if completion else None,
+        latency_ms=completion.latency_ms if completion else None,
+        processed_at=timezone.now(),
+    )
+
+
+def _schedule_retry(message: ConversationMessage, retry_after: float | None) -> None:
+    delay = max(retry_after or 0, min(300, 5 * 2 ** (message.attempts - 1)))
+    schedule(
+        "agents.tasks.reply_to_message",
+        message.pk,
+        schedule_type="O",
+        next_run=timezone.now() + timedelta(seconds=delay),
+    )
+
+
+_LOG_STATUS = {
+    Status.ANSWERED: ExecutionLog.Status.SUCCESS,
+    Status.FAILED: ExecutionLog.Status.FAILED,
+    Status.RECEIVED: ExecutionLog.Status.RETRYING,
+}
+
+
+def _finish(message: ConversationMessage, status: str, reason: str, started: float) -> None:
+    conversation = message.conversation
+    with transaction.atomic():
+        ConversationMessage.objects.filter(pk=message.pk).update(
+            status=status, error=reason, processed_at=timezone.now()
+        )
+        execution_log_write(
+            agent=conversation.agent_id,
+            kind=ExecutionLog.Kind.REPLY,
+            status=_LOG_STATUS.get(status, ExecutionLog.Status.SKIPPED),
+            ref_type="message",
+            ref_id=message.pk,
+            crm_lead_id=conversation.crm_lead_id,
+            error=reason if status in (Status.FAILED, Status.RECEIVED) else "",
+            detail={"reason": reason} if status == Status.SKIPPED else {},
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+    logger.info(
+        "agents.reply.done",
+        extra={"message_id": message.pk, "status": status, "attempt": message.attempts},
+    )
+
+
+def test_chat_send(*, agent, chat_id: str, sender_name: str, text: str, crm_lead_id: int | None = None) -> int:
+    """A staff test chat (the admin): the message goes through the reply pipeline now, in
+    this request, without a messenger; returns the inbound message's id."""
+    conversation, _ = Conversation.objects.get_or_create(
+        agent=agent, integration=None, chat_id=chat_id, defaults={"sender_name": sender_name}
+    )
+    if conversation.crm_lead_id != crm_lead_id:
+        Conversation.objects.filter(pk=conversation.pk).update(crm_lead_id=crm_lead_id, crm_contact_id=None)
+    now = timezone.now()
+    message = ConversationMessage.objects.create(
+        conversation=conversation,
+        direction=ConversationMessage.Direction.INBOUND,
+        author=ConversationMessage.Author.LEAD,
+        text=text,
+        status=ConversationMessage.Status.RECEIVED,
+        sent_at=now,
+    )
+    Conversation.objects.filter(pk=conversation.pk).update(last_inbound_at=now, updated_at=now)
+    message_reply(message_id=message.pk)
+    return message.pk
