@@ -133,11 +133,12 @@ def parse_inbound(params: Mapping[str, Any]) -> InboundMessage | None:
 
 def parse_status(params: Mapping[str, Any]) -> StatusUpdate | None:
     """A status callback (sent, delivered, read, failed — "undelivered" counts as failed);
-    None for the steps before (queued, sending, accepted…)."""
+    None for the steps before (queued, sending, accepted…) and for a request that is not a
+    status callback (no MessageStatus: an incoming message, which parse_inbound reads)."""
     sid, raw = params.get("MessageSid"), params.get("MessageStatus")
-    if not isinstance(sid, str) or not sid or not isinstance(raw, str):
-        raise MalformedPayload("the request has no MessageSid or MessageStatus")
-    status = _STATUSES.get(raw)
+    if not isinstance(sid, str) or not sid:
+        raise MalformedPayload("the request has no MessageSid")
+    status = _STATUSES.get(raw) if isinstance(raw, str) else None
     if status is None:
         return None
     code = str(params.get("ErrorCode") or "")

@@ -252,3 +252,10 @@ def test_each_channel_integration_shows_its_webhook_url(telegram, whatsapp, twil
     assert telegram.webhook_url.endswith(f"/api/webhooks/telegram/{telegram.webhook_key}")
     assert whatsapp.webhook_url.endswith(f"/api/webhooks/whatsapp/{whatsapp.webhook_key}")
     assert twilio_wa.webhook_url.endswith(f"/api/webhooks/twilio/{twilio_wa.webhook_key}")
+
+
+def test_a_twilio_media_only_message_is_acknowledged_and_stores_nothing(client, twilio_wa):
+    response = post_twilio(client, twilio_wa, fixture("twilio_inbound_image.txt"))
+
+    assert response.status_code == 200
+    assert not ConversationMessage.objects.exists()

@@ -200,6 +200,19 @@ def test_steps_before_sending_are_not_status_updates():
     assert parse_status({"MessageSid": "SM1", "MessageStatus": "queued"}) is None
 
 
+def test_an_incoming_image_is_neither_a_text_message_nor_a_status_update():
+    # a webhook view tries parse_inbound, then parse_status: a media-only message is neither
+    params = fixture_form("twilio_inbound_image.txt")
+
+    assert parse_inbound(params) is None
+    assert parse_status(params) is None
+
+
+def test_a_status_callback_without_its_sid_is_malformed():
+    with pytest.raises(MalformedPayload):
+        parse_status({"MessageStatus": "delivered"})
+
+
 # --- Sending -----------------------------------------------------------------------------------
 
 
