@@ -14,8 +14,10 @@ from django.utils import timezone
 
 from config.tasks import enqueue_with_transaction
 from integrations.channels.base import InboundMessage, StatusUpdate
+from integrations.errors import PermanentError
 from integrations.models import Integration
 
+from .channels import send_text
 from .models import Conversation, ConversationMessage
 
 logger = logging.getLogger(__name__)
@@ -138,3 +140,24 @@ def messages_sweep() -> int:
     if count:
         logger.warning("agents.messages.swept", extra={"count": count})
     return count
+
+
+def team_message_send(*, conversation: Conversation, text: str) -> ConversationMessage:
+    """A person from the team writes to the lead on the conversation's channel: the
+    message is sent and stored, and the agent stays quiet in this conversation for its
+    handoff time (the team has taken over). Channel errors are raised to the caller."""
+    if conversation.integration_id is None:
+        raise PermanentError("a test chat has no channel to write to")
+    sent = send_text(conversation.integration, conversation, text)
+    with transaction.atomic():
+        message = ConversationMessage.objects.create(
+            conversation=conversation,
+            direction=ConversationMessage.Direction.OUTBOUND,
+            author=ConversationMessage.Author.TEAM,
+            external_id=sent[0].message_id if sent else "",
+            text=text,
+            status=ConversationMessage.Status.SENT,
+            processed_at=timezone.now(),
+        )
+        conversation_hand_off(conversation=conversation, reason="team_wrote")
+    return message

@@ -4,7 +4,7 @@ from __future__ import annotations
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Model, QuerySet
 
-from .models import Agent, ExecutionLog
+from .models import Agent, Conversation, ExecutionLog
 
 
 def owned(queryset: QuerySet, user: AbstractBaseUser, *, owner_path: str = "agent__owner") -> QuerySet:
@@ -20,6 +20,10 @@ def agent_list(*, user: AbstractBaseUser) -> QuerySet[Agent]:
 
 def execution_log_list(*, user: AbstractBaseUser) -> QuerySet[ExecutionLog]:
     return owned(ExecutionLog.objects.select_related("agent"), user)
+
+
+def conversation_list(*, user: AbstractBaseUser) -> QuerySet[Conversation]:
+    return owned(Conversation.objects.select_related("agent", "integration"), user)
 
 
 def owner_path_of(model: type[Model]) -> str:

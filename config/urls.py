@@ -5,7 +5,7 @@ from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from agents.api.ai import AIModelsView
-from agents.api.views import AgentViewSet, ExecutionLogViewSet
+from agents.api.views import AgentViewSet, ConversationViewSet, ExecutionLogViewSet
 from crm.api import views as crm_views
 from integrations.api.views import IntegrationViewSet
 from sequences.api.views import SequenceViewSet
@@ -17,6 +17,7 @@ router.register("triggers", TriggerViewSet, basename="trigger")
 router.register("sequences", SequenceViewSet, basename="sequence")
 router.register("integrations", IntegrationViewSet, basename="integration")
 router.register("execution-logs", ExecutionLogViewSet, basename="execution-log")
+router.register("conversations", ConversationViewSet, basename="conversation")
 
 urlpatterns = [
     path("admin/", admin.site.urls),

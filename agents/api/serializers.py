@@ -4,7 +4,7 @@ from rest_framework import serializers
 
 from config.api import StrictSerializer, inline_refs, model_json_field
 
-from ..models import Agent, AgentCrmAccess, ExecutionLog
+from ..models import Agent, AgentCrmAccess, Conversation, ConversationMessage, ExecutionLog
 from ..schemas import Schedule
 
 FIELD_IDS = {"type": "array", "items": {"type": "integer", "minimum": 1}, "uniqueItems": True}
@@ -81,3 +81,56 @@ class OwnAgentField(serializers.PrimaryKeyRelatedField):
         from ..selectors import agent_list
 
         return agent_list(user=self.context["request"].user)
+
+
+class ConversationMessageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ConversationMessage
+        fields = [
+            "id",
+            "direction",
+            "author",
+            "text",
+            "status",
+            "error",
+            "attempts",
+            "ai_provider",
+            "ai_model",
+            "input_tokens",
+            "output_tokens",
+            "latency_ms",
+            "sent_at",
+            "created_at",
+            "processed_at",
+        ]
+        read_only_fields = fields
+
+
+class ConversationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Conversation
+        fields = [
+            "id",
+            "agent",
+            "integration",
+            "chat_id",
+            "sender_name",
+            "phone",
+            "language",
+            "crm_contact_id",
+            "crm_lead_id",
+            "handoff_until",
+            "handoff_reason",
+            "last_inbound_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class TeamMessageSerializer(StrictSerializer):
+    text = serializers.CharField(max_length=4096, allow_blank=False, trim_whitespace=True)
+
+    class Meta:
+        model = ConversationMessage
+        fields = ["text"]

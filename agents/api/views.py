@@ -3,13 +3,23 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from ..models import ExecutionLog
-from ..selectors import agent_list, execution_log_list
+from integrations.errors import IntegrationError, PermanentError
+
+from ..conversations import team_message_send
+from ..models import Conversation, ExecutionLog
+from ..selectors import agent_list, conversation_list, execution_log_list
 from ..services import agent_create, agent_delete, agent_duplicate, agent_update
 from .filters import agent_filterset
-from .serializers import AgentSerializer, ExecutionLogSerializer
+from .serializers import (
+    AgentSerializer,
+    ConversationMessageSerializer,
+    ConversationSerializer,
+    ExecutionLogSerializer,
+    TeamMessageSerializer,
+)
 
 
 class AgentViewSet(viewsets.ModelViewSet):
@@ -64,3 +74,42 @@ class ExecutionLogViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
 
     def get_queryset(self):
         return execution_log_list(user=self.request.user)
+
+
+ConversationFilter = agent_filterset(Conversation, ["crm_lead_id", "integration"])
+
+
+class ConversationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """The agents' chats with leads, newest first; filter by agent, CRM lead, integration."""
+
+    serializer_class = ConversationSerializer
+    filterset_class = ConversationFilter
+
+    def get_queryset(self):
+        return conversation_list(user=self.request.user)
+
+    @extend_schema(
+        methods=["get"], responses={200: ConversationMessageSerializer(many=True)}, description="The exchange."
+    )
+    @extend_schema(
+        methods=["post"],
+        request=TeamMessageSerializer,
+        responses={201: ConversationMessageSerializer},
+        description="A person from the team writes to the lead on the conversation's channel; the agent then "
+        "stays quiet in this conversation for its handoff time.",
+    )
+    @action(detail=True, methods=["get", "post"])
+    def messages(self, request, pk=None):
+        conversation = self.get_object()
+        if request.method == "GET":
+            messages = conversation.messages.order_by("id")
+            return Response(ConversationMessageSerializer(messages, many=True).data)
+        serializer = TeamMessageSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            message = team_message_send(conversation=conversation, text=serializer.validated_data["text"])
+        except PermanentError as exc:
+            raise ValidationError({"text": [str(exc)]}) from None
+        except IntegrationError as exc:
+            return Response({"detail": f"the channel did not take the message: {exc}"}, status=503)
+        return Response(ConversationMessageSerializer(message).data, status=status.HTTP_201_CREATED)
