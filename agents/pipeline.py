@@ -330,14 +330,24 @@ def _send_and_store(message: ConversationMessage, text: str, *, completion) -> N
     try:
         # a staff test chat has no channel: the reply is only stored, and shown in the admin
         sent = [] if conversation.is_test else send_text(conversation.integration, conversation, text)
-    except RateLimited as exc:
-        raise Retry(f"channel: {exc}", exc.retry_after) from exc
-    except PermanentError as exc:
-        raise Fail(f"channel: {exc}") from exc
     except IntegrationError as exc:
+        went_out = getattr(exc, "sent", ())
+        if went_out:
+            # part of a long reply reached the lead: keep what did, and do not write the
+            # reply again (a retry would send those parts twice)
+            _store_reply(message, " ".join(part.text for part in went_out), went_out, completion)
+            raise Fail(f"channel: {len(went_out)} part(s) of the reply sent, then: {exc}") from exc
+        if isinstance(exc, RateLimited):
+            raise Retry(f"channel: {exc}", exc.retry_after) from exc
+        if isinstance(exc, PermanentError):
+            raise Fail(f"channel: {exc}") from exc
         raise Retry(f"channel: {exc}") from exc
+    _store_reply(message, text, sent, completion)
+
+
+def _store_reply(message: ConversationMessage, text: str, sent, completion) -> None:
     ConversationMessage.objects.create(
-        conversation=conversation,
+        conversation=message.conversation,
         direction=ConversationMessage.Direction.OUTBOUND,
         author=ConversationMessage.Author.AGENT,
         external_id=sent[0].message_id if sent else "",

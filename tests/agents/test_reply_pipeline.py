@@ -416,3 +416,21 @@ def test_an_unexpected_error_is_retried_not_left_processing(channel, crm_api, mo
     message.refresh_from_db()
     assert (message.status, message.error) == ("received", "unexpected error: ZeroDivisionError")
     assert Schedule.objects.filter(func="agents.tasks.reply_to_message").exists()
+
+
+def test_a_long_reply_cut_off_midway_keeps_what_was_sent_and_is_not_written_again(channel, crm_api, model):
+    model.answers = [("A long answer sentence. " * 250).strip()]  # ~6,000 characters: two Telegram messages
+    crm_api.remove(responses.POST, f"{TELEGRAM}/sendMessage")
+    first_part = json.loads((CHANNEL_FIXTURES / "telegram_send_message_ok.json").read_text())
+    crm_api.post(f"{TELEGRAM}/sendMessage", json=first_part)
+    refusal = {"ok": False, "error_code": 400, "description": "Bad Request: chat not found"}
+    crm_api.post(f"{TELEGRAM}/sendMessage", status=400, json=refusal)
+    message = receive(channel, "Tell me everything")
+
+    assert pipeline.message_reply(message_id=message.id) == "failed"
+
+    message.refresh_from_db()
+    assert "1 part(s) of the reply sent" in message.error
+    reply = message.replies.get()
+    assert reply.status == "sent" and 3000 < len(reply.text) <= 4096
+    assert not Schedule.objects.filter(func="agents.tasks.reply_to_message").exists()
