@@ -5,6 +5,7 @@ from django.core.cache import cache
 
 from crm.models import CrmEvent
 
+from .conversations import conversation_hand_off
 from .models import Conversation
 from .pipeline import lead_cache_key
 
@@ -22,3 +23,22 @@ def forget_changed_lead(event: CrmEvent) -> None:
         )
     if lead_ids:
         cache.delete_many([lead_cache_key(event.integration_id, lead_id) for lead_id in lead_ids])
+
+
+def hand_off_when_the_team_writes(event: CrmEvent) -> None:
+    """Someone on the account's side wrote to the lead in a Kommo chat: the agent's
+    conversations with that lead are handed off to the team (for the agent's
+    ``handoff_minutes``), so the agent does not talk over a manager.
+
+    Kommo bots (author type "bot") do not count. The agent's own replies never come back
+    this way: it writes through its own messenger integrations, not Kommo's chats."""
+    if event.kind != CrmEvent.Kind.OUTGOING_MESSAGE or not event.lead_id:
+        return
+    author = event.data.get("author") if isinstance(event.data, dict) else None
+    if isinstance(author, dict) and str(author.get("type") or "").lower() == "bot":
+        return
+    conversations = Conversation.objects.filter(
+        agent__integrations=event.integration_id, crm_lead_id=event.lead_id
+    ).select_related("agent")
+    for conversation in conversations:
+        conversation_hand_off(conversation=conversation, reason="team_wrote_in_crm")

@@ -23,6 +23,7 @@ class CrmEvent(models.Model):
         CONTACT_UPDATED = "contact_updated"
         CONTACT_DELETED = "contact_deleted"
         INCOMING_MESSAGE = "incoming_message"
+        OUTGOING_MESSAGE = "outgoing_message"  # someone on the account's side wrote in a Kommo chat
 
     class Status(models.TextChoices):
         PENDING = "pending"

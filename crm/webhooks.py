@@ -188,13 +188,17 @@ def parse_delivery(body: bytes) -> Delivery:
             if kind_and_type is None:
                 skipped += len(_items(items))  # an action we do not handle
                 continue
-            kind, entity_type = kind_and_type
             for item in _items(items):
-                if entity_type == "message" and item.get("type") != "incoming":
-                    # our own and the managers' replies come back as type=outgoing; an
-                    # agent must never answer them
-                    skipped += 1
-                    continue
+                kind, entity_type = kind_and_type
+                if entity_type == "message":
+                    direction = item.get("type")
+                    if direction == "outgoing":
+                        # the team (or a Kommo bot) wrote to the lead in a Kommo chat: the
+                        # agents app hands such conversations off; nothing answers it
+                        kind = "outgoing_message"
+                    elif direction != "incoming":
+                        skipped += 1
+                        continue
                 has_id, entity_id = _entity_id(entity_type, item)
                 if not has_id:
                     raise WebhookParseError(f"{top}[{action}] has an item without an id")

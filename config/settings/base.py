@@ -217,6 +217,7 @@ CRM_WEBHOOK_TARGET_CACHE_SECONDS = env.float("CRM_WEBHOOK_TARGET_CACHE_SECONDS",
 CRM_EVENT_HANDLERS = [
     "crm.handlers.log_event",
     "agents.handlers.forget_changed_lead",
+    "agents.handlers.hand_off_when_the_team_writes",
 ]
 
 # --- Encrypted credentials ------------------------------------------------------------

@@ -434,3 +434,43 @@ def test_a_long_reply_cut_off_midway_keeps_what_was_sent_and_is_not_written_agai
     reply = message.replies.get()
     assert reply.status == "sent" and 3000 < len(reply.text) <= 4096
     assert not Schedule.objects.filter(func="agents.tasks.reply_to_message").exists()
+
+
+def outgoing_event(kommo, author_type: str = "internal"):
+    from crm.models import CrmEvent
+
+    return CrmEvent.objects.create(
+        integration=kommo, kind="outgoing_message", entity_type="message", lead_id=LEAD_ID,
+        dedupe_key=f"out-{author_type}", data={"type": "outgoing", "author": {"type": author_type, "name": "Anna"}},
+    )  # fmt: skip
+
+
+def test_a_manager_writing_to_the_lead_in_kommo_makes_the_agent_stay_quiet(channel, kommo, crm_api, model):
+    from agents.handlers import hand_off_when_the_team_writes
+
+    message = receive(channel, "Hello", n=1)
+    link_to_lead(message)
+    hand_off_when_the_team_writes(outgoing_event(kommo))
+
+    assert pipeline.message_reply(message_id=message.id) == "skipped"
+
+    conversation = Conversation.objects.get()
+    assert conversation.handoff_reason == "team_wrote_in_crm"
+    assert model.requests == []
+
+
+def test_a_kommo_bot_writing_does_not_hand_the_conversation_off(channel, kommo, crm_api, model):
+    from agents.handlers import hand_off_when_the_team_writes
+
+    message = receive(channel, "Hello", n=1)
+    link_to_lead(message)
+    hand_off_when_the_team_writes(outgoing_event(kommo, author_type="bot"))
+
+    assert pipeline.message_reply(message_id=message.id) == "answered"
+
+
+def test_the_handlers_are_configured():
+    from django.conf import settings
+
+    assert "agents.handlers.hand_off_when_the_team_writes" in settings.CRM_EVENT_HANDLERS
+    assert "agents.handlers.forget_changed_lead" in settings.CRM_EVENT_HANDLERS

@@ -278,7 +278,7 @@ def test_get_is_405(client, kommo):
 
 
 def test_a_delivery_with_only_changes_we_do_not_handle_is_acknowledged_and_stores_nothing(client, kommo):
-    assert post(client, kommo, body("outgoing_message")).status_code == 200
+    assert post(client, kommo, form(("leads[merge][0][id]", "1"))).status_code == 200
     assert post(client, kommo, form(("unsorted[add][0][uid]", "x"))).status_code == 200
 
     assert not CrmEvent.objects.exists()

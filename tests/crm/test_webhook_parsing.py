@@ -26,7 +26,8 @@ EXPECTED = {
     "contact_deleted": [("contact_deleted", "contact", CONTACT, None)],
     # a chat message's id is a UUID: it stays in data, the event has no numeric id
     "incoming_message": [("incoming_message", "message", None, LEAD)],
-    "outgoing_message": [],
+    # written on the account's side (a manager, a Kommo bot): its own kind, which nothing answers
+    "outgoing_message": [("outgoing_message", "message", None, LEAD)],
 }
 
 
@@ -113,11 +114,19 @@ def test_an_incoming_message_keeps_its_chat_talk_contact_and_author():
     assert data["author"]["type"] == "external"
 
 
-def test_an_outgoing_message_is_not_an_event_so_an_agent_never_answers_itself():
-    delivery = parse_delivery(body("outgoing_message"))
+def test_an_outgoing_message_is_its_own_kind_so_it_is_never_taken_for_the_leads():
+    (change,) = parse_delivery(body("outgoing_message")).changes
 
-    assert delivery.changes == ()
-    assert delivery.skipped == 1
+    assert change.kind == "outgoing_message"
+    assert change.data["author"]["type"] == "internal"
+
+
+def test_a_message_that_is_neither_incoming_nor_outgoing_is_skipped():
+    delivery = parse_delivery(
+        form(("message[add][0][id]", "0f1e2d3c"), ("message[add][0][type]", "system"), ("message[add][0][text]", "x"))
+    )
+
+    assert (delivery.changes, delivery.skipped) == ((), 1)
 
 
 def test_a_message_in_a_chat_without_a_lead_has_no_lead():
