@@ -1,4 +1,4 @@
-"""The secret webhook key in the CRM webhook URL never reaches a log line."""
+"""The secret webhook key in webhook URLs (the CRM, the messengers) never reaches a log line."""
 
 from __future__ import annotations
 
@@ -49,3 +49,19 @@ def test_request_loggers_keep_a_handler_and_mask(name):
 
     assert logger.handlers
     assert any(isinstance(f, MaskWebhookKeys) for f in logger.filters)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("integration_type", "path"),
+    [("telegram", "telegram"), ("whatsapp_cloud", "whatsapp"), ("twilio_whatsapp", "twilio")],
+)
+def test_a_refused_messenger_webhook_logs_its_path_without_the_key(integration_type, path, caplog):
+    integration = make_integration(integration_type=integration_type, config={}, credentials={})
+    caplog.set_level(logging.INFO)
+
+    response = Client().post(f"/api/webhooks/{path}/{integration.webhook_key}", "{}", content_type="application/json")
+
+    assert response.status_code == 403  # no secret, no signature
+    assert f"/api/webhooks/{path}/<key>" in caplog.text
+    assert integration.webhook_key not in caplog.text
