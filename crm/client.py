@@ -9,12 +9,10 @@ the rate limiter are given to it (crm/connection.py builds clients for integrati
 from __future__ import annotations
 
 import logging
-import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -299,16 +297,9 @@ def _digits(text: str) -> str:
 
 
 @dataclass
-class RetryPolicy:
+class RetryPolicy(http.RetryPolicy):
     attempts: int = 4  # tries of one call when the answer is 429 or 5xx or a timeout
-    base_delay: float = 0.5
-    max_delay: float = 20.0  # a longer Retry-After is not waited for here: the error goes to the caller
-    sleep: Callable[[float], None] = field(default=time.sleep)
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_delay)
-        return min(self.base_delay * (2**attempt) * (0.5 + random.random() / 2), self.max_delay)
+    max_delay: float = 20.0
 
 
 class KommoClient:
@@ -419,9 +410,9 @@ class KommoClient:
         if status in (401, 403):
             return AuthError(message, status=status)
         if status == 429:
-            return RateLimited(f"Kommo {what}: 429 too many requests", retry_after=_retry_after(response))
+            return RateLimited(f"Kommo {what}: 429 too many requests", retry_after=http.retry_after(response))
         if status >= 500:
-            return TransientError(message, status=status, retry_after=_retry_after(response))
+            return TransientError(message, status=status, retry_after=http.retry_after(response))
         if status == 404:
             return NotFound(message, status=status)
         return PermanentError(message, status=status)
@@ -618,19 +609,6 @@ def _first_id(data: Any, key: str, what: str) -> int:
         raise PermanentError(f"Kommo {what}: the answer has no {key[:-1]} id") from None
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        try:
-            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-        except (TypeError, ValueError):
-            return None
-
-
 # Kommo's access tokens are JWTs; refresh tokens and codes are long opaque strings ("def50200…").
 _SECRET_LOOKING = re.compile(r"eyJ[\w-]{8,}\.[\w-]+\.[\w-]*|\bdef50200[0-9a-f]{16,}|(?i:bearer)\s+[\w.~+/=-]+")
 
@@ -725,10 +703,10 @@ def _token_request(base_url: str, body: dict[str, str], session: requests.Sessio
         raise TransientError(
             f"Kommo token request ({grant}): {response.status_code}",
             status=response.status_code,
-            retry_after=_retry_after(response),
+            retry_after=http.retry_after(response),
         )
     if response.status_code == 429:
-        raise RateLimited(f"Kommo token request ({grant}): 429", retry_after=_retry_after(response))
+        raise RateLimited(f"Kommo token request ({grant}): 429", retry_after=http.retry_after(response))
     if response.status_code >= 400:
         detail = _problem_detail(response, secrets=secrets)
         raise AuthError(

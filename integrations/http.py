@@ -1,8 +1,14 @@
-"""One outgoing HTTP session for every client: connection pooling and a default timeout."""
+"""One outgoing HTTP session for every client (connection pooling and a default timeout),
+and what every vendor client shares about retrying a call."""
 
 from __future__ import annotations
 
+import random
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -36,3 +42,34 @@ def session() -> TimeoutSession:
             (settings.HTTP_CONNECT_TIMEOUT_SECONDS, settings.HTTP_READ_TIMEOUT_SECONDS)
         )
     return current
+
+
+@dataclass
+class RetryPolicy:
+    """How a client repeats a call that was refused (429) or, when safe, failed (5xx or a
+    timeout): backoff with jitter, or the vendor's Retry-After, never longer than
+    ``max_delay`` (a longer wait is not done here: the error goes to the caller)."""
+
+    attempts: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    sleep: Callable[[float], None] = field(default=time.sleep)
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_delay)
+        return min(self.base_delay * (2**attempt) * (0.5 + random.random() / 2), self.max_delay)
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """Seconds the vendor asks to wait (``Retry-After`` as seconds or an HTTP date), or None."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        try:
+            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+        except (TypeError, ValueError):
+            return None

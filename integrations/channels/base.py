@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
-import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 
 from integrations import http, ratelimit
 from integrations.errors import IntegrationError, PermanentError, RateLimited, TransientError
+from integrations.http import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -178,21 +176,6 @@ def e164(number: str | None) -> str | None:
 # --- Transport -----------------------------------------------------------------------------
 
 
-@dataclass
-class RetryPolicy:
-    """How a client repeats a call that was refused (429) or, when safe, failed (5xx)."""
-
-    attempts: int = 3
-    base_delay: float = 0.5
-    max_delay: float = 30.0  # a longer wait is not done here: the error goes to the caller
-    sleep: Callable[[float], None] = field(default=time.sleep)
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_delay)
-        return min(self.base_delay * (2**attempt) * (0.5 + random.random() / 2), self.max_delay)
-
-
 Acquire = Callable[..., object]  # integrations.ratelimit.acquire's signature: (key, per_second, *, max_wait)
 
 
@@ -312,19 +295,6 @@ def json_body(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         return None
-
-
-def retry_after_header(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        try:
-            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-        except (TypeError, ValueError):
-            return None
 
 
 def with_sent(error: IntegrationError, sent: list[SentMessage]) -> IntegrationError:

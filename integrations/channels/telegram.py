@@ -17,6 +17,7 @@ from typing import Any
 
 import requests
 
+from integrations import http
 from integrations.errors import AuthError, IntegrationError, PermanentError, RateLimited, TransientError
 
 from .base import (
@@ -31,7 +32,6 @@ from .base import (
     e164,
     json_body,
     parse_json_object,
-    retry_after_header,
     split_text,
     utf16_len,
     with_sent,
@@ -203,10 +203,10 @@ class TelegramClient:
         if code == 429 or status == 429:
             parameters = data.get("parameters") if isinstance(data.get("parameters"), Mapping) else {}
             retry_after = parameters.get("retry_after")
-            retry_after = float(retry_after) if isinstance(retry_after, int | float) else retry_after_header(response)
+            retry_after = float(retry_after) if isinstance(retry_after, int | float) else http.retry_after(response)
             return RateLimited(message, retry_after=retry_after)
         if status >= 500 or code >= 500:
-            return TransientError(message, status=status, retry_after=retry_after_header(response))
+            return TransientError(message, status=status, retry_after=http.retry_after(response))
         if code in (401, 404):  # the token is wrong or revoked (404: no such bot)
             return AuthError(message, status=code)
         # 400 (chat not found, text is empty…), 403 (the user blocked the bot): not for retrying

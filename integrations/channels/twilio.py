@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 
+from integrations import http
 from integrations.errors import AuthError, IntegrationError, PermanentError, RateLimited, TransientError
 
 from .base import (
@@ -33,7 +34,6 @@ from .base import (
     Transport,
     e164,
     json_body,
-    retry_after_header,
     split_text,
     with_sent,
 )
@@ -236,9 +236,9 @@ class TwilioClient:
         if code == AUTHENTICATE or status in (401, 403):
             return AuthError(message, status=status)
         if code == TOO_MANY_REQUESTS or status == 429:
-            return RateLimited(message, retry_after=retry_after_header(response), status=status)
+            return RateLimited(message, retry_after=http.retry_after(response), status=status)
         if status >= 500:
-            return TransientError(message, status=status, retry_after=retry_after_header(response))
+            return TransientError(message, status=status, retry_after=http.retry_after(response))
         if code == OUTSIDE_WINDOW:
             return OutsideCustomerWindow(message, status=status)
         return PermanentError(message, status=status)  # 21211 invalid To, 21610 unsubscribed, 63007 no sender…

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import requests
 
+from integrations import http
 from integrations.errors import AuthError, IntegrationError, PermanentError, RateLimited, TransientError
 
 from .base import (
@@ -33,7 +34,6 @@ from .base import (
     e164,
     json_body,
     parse_json_object,
-    retry_after_header,
     split_text,
     with_sent,
 )
@@ -289,9 +289,9 @@ class WhatsAppCloudClient:
         if code in AUTH_CODES or status == 401:
             return AuthError(message, status=status)
         if code in RATE_LIMIT_CODES or status == 429:
-            return RateLimited(message, retry_after=retry_after_header(response), status=status)
+            return RateLimited(message, retry_after=http.retry_after(response), status=status)
         if code in TRANSIENT_CODES or status >= 500:
-            return TransientError(message, status=status, retry_after=retry_after_header(response))
+            return TransientError(message, status=status, retry_after=http.retry_after(response))
         return PermanentError(message, status=status)
 
 
