@@ -12,15 +12,20 @@ from integrations.models import Integration
 from .models import Conversation
 
 
-def send_text(integration: Integration, conversation: Conversation, text: str) -> list[SentMessage]:
-    """Send ``text`` to the conversation's chat; one SentMessage a part.
+def send_text(
+    integration: Integration, conversation: Conversation, text: str, *, max_wait: float = 60.0
+) -> list[SentMessage]:
+    """Send ``text`` to the conversation's chat; one SentMessage a part. ``max_wait``
+    bounds the wait for the channel's rate limits (a web request passes a few seconds).
 
     WhatsApp (Meta or Twilio): outside the 24-hour customer window a free-form message is
     not even attempted: OutsideCustomerWindow (a template is needed)."""
     config, credentials = integration.config or {}, integration.credentials or {}
     kind = integration.integration_type
     if kind == Integration.Type.TELEGRAM:
-        client = telegram.TelegramClient(_secret(credentials, "bot_token", kind), config.get("base_url"))
+        client = telegram.TelegramClient(
+            _secret(credentials, "bot_token", kind), config.get("base_url"), max_wait=max_wait
+        )
         return client.send_message(conversation.chat_id, text)
     if kind in (Integration.Type.WHATSAPP_CLOUD, Integration.Type.TWILIO_WHATSAPP):
         if not whatsapp_cloud.within_customer_window(conversation.last_inbound_at, timezone.now()):
@@ -30,7 +35,10 @@ def send_text(integration: Integration, conversation: Conversation, text: str) -
         to = conversation.phone or conversation.chat_id
         if kind == Integration.Type.WHATSAPP_CLOUD:
             client = whatsapp_cloud.WhatsAppCloudClient(
-                _secret(credentials, "access_token", kind), config.get("phone_number_id"), config.get("base_url")
+                _secret(credentials, "access_token", kind),
+                config.get("phone_number_id"),
+                config.get("base_url"),
+                max_wait=max_wait,
             )
         else:
             client = twilio.TwilioClient(
@@ -38,6 +46,7 @@ def send_text(integration: Integration, conversation: Conversation, text: str) -
                 _secret(credentials, "auth_token", kind),
                 config.get("from_number"),
                 config.get("base_url"),
+                max_wait=max_wait,
             )
         return client.send_text(to, text)
     raise PermanentError(f"{integration.get_integration_type_display()} is not a messenger channel")

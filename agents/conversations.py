@@ -23,6 +23,7 @@ from .models import Conversation, ConversationMessage
 logger = logging.getLogger(__name__)
 
 REPLY_TASK = "agents.tasks.reply_to_message"
+WEB_MAX_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def team_message_send(*, conversation: Conversation, text: str) -> ConversationM
     handoff time (the team has taken over). Channel errors are raised to the caller."""
     if conversation.integration_id is None:
         raise PermanentError("a test chat has no channel to write to")
-    sent = send_text(conversation.integration, conversation, text)
+    # in a web request: a few seconds for the channel's rate limits at most
+    sent = send_text(conversation.integration, conversation, text, max_wait=WEB_MAX_WAIT_SECONDS)
     with transaction.atomic():
         message = ConversationMessage.objects.create(
             conversation=conversation,
