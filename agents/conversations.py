@@ -44,6 +44,8 @@ def inbound_store(*, integration: Integration, message: InboundMessage) -> Store
             chat_id=message.chat_id,
             defaults={"agent_id": integration.agent_id, "sender_name": message.sender_name[:200]},
         )
+        # a message without text (the lead shared their phone number) is kept, not answered
+        answerable = bool(message.text.strip())
         try:
             with transaction.atomic():
                 row = ConversationMessage.objects.create(
@@ -52,7 +54,8 @@ def inbound_store(*, integration: Integration, message: InboundMessage) -> Store
                     author=ConversationMessage.Author.LEAD,
                     external_id=message.external_id[:120],
                     text=message.text,
-                    status=ConversationMessage.Status.RECEIVED,
+                    status=ConversationMessage.Status.RECEIVED if answerable else ConversationMessage.Status.SKIPPED,
+                    error="" if answerable else "no text to answer (the lead shared a contact)",
                     sent_at=message.sent_at,
                 )
         except IntegrityError:
@@ -64,7 +67,8 @@ def inbound_store(*, integration: Integration, message: InboundMessage) -> Store
         if message.phone and message.phone != conversation.phone:
             changes["phone"] = message.phone
         Conversation.objects.filter(pk=conversation.pk).update(**changes)
-        enqueue_with_transaction(REPLY_TASK, row.pk)
+        if answerable:
+            enqueue_with_transaction(REPLY_TASK, row.pk)
     logger.info(
         "agents.inbound.stored",
         extra={"integration_id": integration.pk, "conversation_id": conversation.pk, "message_id": row.pk},

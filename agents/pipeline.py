@@ -45,15 +45,13 @@ CRM_WAIT_SECONDS = 10  # at most this long for a slot of the CRM's rate limit
 LEAD_CACHE_SECONDS = 300
 Status = ConversationMessage.Status
 
-# "I want to talk to a person", in the languages the product's customers sell in
+# "I want to talk to a person", in the languages the product's customers sell in: whole
+# words where words do not inflect, stems where they do (менеджера, оператором, людину)
 _ASKS_FOR_HUMAN = re.compile(
-    r"\b(human|real person|live person|operator|manager|agent please|"
-    r"человек|живой|оператор|менеджер|"
-    r"людин|оператор|"
-    r"humano|persona real|operador|asesor|atendente|pessoa|"
-    r"mensch|mitarbeiter|"
-    r"humain|conseiller|"
-    r"insan|temsilci|yetkili)\w*",
+    r"\b(?:human|humans|real person|live person|live agent|operator|manager|"
+    r"humano|persona real|operador|asesor|atendente|pessoa|mensch|mitarbeiter|humain|conseiller|"
+    r"insan|temsilci|yetkili)\b"
+    r"|\b(?:человек|живо|оператор|менеджер|люд|консультант)\w*",
     re.IGNORECASE,
 )
 

@@ -259,3 +259,15 @@ def test_a_twilio_media_only_message_is_acknowledged_and_stores_nothing(client, 
 
     assert response.status_code == 200
     assert not ConversationMessage.objects.exists()
+
+
+def test_a_shared_phone_number_is_kept_on_the_conversation_and_not_answered(
+    client, telegram, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks() as queued:
+        assert post_telegram(client, telegram, fixture("telegram_contact_shared.json")).status_code == 200
+
+    conversation = Conversation.objects.get()
+    assert conversation.phone.startswith("+")
+    assert list(conversation.messages.values_list("status", flat=True)) == ["skipped"]
+    assert queued == []

@@ -474,3 +474,17 @@ def test_the_handlers_are_configured():
 
     assert "agents.handlers.hand_off_when_the_team_writes" in settings.CRM_EVENT_HANDLERS
     assert "agents.handlers.forget_changed_lead" in settings.CRM_EVENT_HANDLERS
+
+
+@pytest.mark.parametrize(
+    ("text", "asks"),
+    [
+        ("Can I talk to a human?", True),
+        ("Позовите менеджера, пожалуйста", True),
+        ("Quero falar com um atendente", True),
+        ("Is this a humanitarian project?", False),
+        ("How much is delivery?", False),
+    ],
+)
+def test_asking_for_a_person_is_recognised(text, asks):
+    assert pipeline.asks_for_human(text) is asks
