@@ -303,6 +303,19 @@ def with_sent(error: IntegrationError, sent: list[SentMessage]) -> IntegrationEr
     return error
 
 
+def send_parts(parts: Iterable[str], send_one: Callable[[str], SentMessage]) -> list[SentMessage]:
+    """Send each part in order; an error raised midway carries ``sent``, the parts that
+    went out before it (see the module docstring)."""
+    sent: list[SentMessage] = []
+    for part in parts:
+        try:
+            sent.append(send_one(part))
+        except IntegrationError as error:
+            with_sent(error, sent)
+            raise
+    return sent
+
+
 class OutsideCustomerWindow(PermanentError):
     """WhatsApp refused a free-form message: the customer last wrote over 24 hours ago,
     so only an approved template may be sent (Meta's 131047, Twilio's 63016)."""

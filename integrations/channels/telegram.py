@@ -32,6 +32,7 @@ from .base import (
     e164,
     json_body,
     parse_json_object,
+    send_parts,
     split_text,
     utf16_len,
     with_sent,
@@ -256,17 +257,12 @@ class TelegramClient:
         if not parts:
             raise with_sent(PermanentError(f"Telegram {SEND_MESSAGE}: the text is empty"), [])
         throttles = self._throttles(chat_id)
-        sent: list[SentMessage] = []
-        for part in parts:
-            try:
-                result = self._call(
-                    SEND_MESSAGE, {"chat_id": chat_id, "text": part}, idempotent=False, throttles=throttles
-                )
-                sent.append(_sent(result, part))
-            except IntegrationError as error:
-                with_sent(error, sent)
-                raise
-        return sent
+
+        def send_one(part: str) -> SentMessage:
+            result = self._call(SEND_MESSAGE, {"chat_id": chat_id, "text": part}, idempotent=False, throttles=throttles)
+            return _sent(result, part)
+
+        return send_parts(parts, send_one)
 
     def _throttles(self, chat_id: int | str) -> tuple[Throttle, ...]:
         group = isinstance(chat_id, int | str) and str(chat_id).startswith(("-", "@"))

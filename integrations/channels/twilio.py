@@ -34,6 +34,7 @@ from .base import (
     Transport,
     e164,
     json_body,
+    send_parts,
     split_text,
     with_sent,
 )
@@ -210,19 +211,16 @@ class TwilioClient:
         if not parts:
             raise with_sent(PermanentError(f"Twilio {what}: the text is empty"), [])
         url = self.base_url + MESSAGES.format(account_sid=quote(self._account_sid, safe=""))
-        sent: list[SentMessage] = []
-        for part in parts:
-            try:
-                response = self._transport.call(
-                    "POST", url, what=what, error_for=self._error_for, idempotent=False,
-                    throttles=(self._throttle,), auth=self._auth,
-                    data={"From": self.from_address, "To": recipient, "Body": part},
-                )  # fmt: skip
-                sent.append(_sent(json_body(response), recipient, part))
-            except IntegrationError as error:
-                with_sent(error, sent)
-                raise
-        return sent
+
+        def send_one(part: str) -> SentMessage:
+            response = self._transport.call(
+                "POST", url, what=what, error_for=self._error_for, idempotent=False,
+                throttles=(self._throttle,), auth=self._auth,
+                data={"From": self.from_address, "To": recipient, "Body": part},
+            )  # fmt: skip
+            return _sent(json_body(response), recipient, part)
+
+        return send_parts(parts, send_one)
 
     def _error_for(self, response: requests.Response, what: str) -> IntegrationError | None:
         status = response.status_code

@@ -34,6 +34,7 @@ from .base import (
     e164,
     json_body,
     parse_json_object,
+    send_parts,
     split_text,
     with_sent,
 )
@@ -253,8 +254,8 @@ class WhatsAppCloudClient:
             raise with_sent(PermanentError(f"WhatsApp Cloud {what}: the text is empty"), [])
         url = self.base_url + MESSAGES.format(phone_number_id=quote(self.phone_number_id, safe=""))
         headers = {"Authorization": f"Bearer {self._token}"}
-        sent: list[SentMessage] = []
-        for part in parts:
+
+        def send_one(part: str) -> SentMessage:
             payload = {
                 "messaging_product": "whatsapp",
                 "recipient_type": "individual",
@@ -262,16 +263,13 @@ class WhatsAppCloudClient:
                 "type": "text",
                 "text": {"preview_url": False, "body": part},
             }
-            try:
-                response = self._transport.call(
-                    "POST", url, what=what, error_for=self._error_for, idempotent=False,
-                    throttles=(self._throttle,), json=payload, headers=headers,
-                )  # fmt: skip
-                sent.append(_sent(json_body(response), recipient, part))
-            except IntegrationError as error:
-                with_sent(error, sent)
-                raise
-        return sent
+            response = self._transport.call(
+                "POST", url, what=what, error_for=self._error_for, idempotent=False,
+                throttles=(self._throttle,), json=payload, headers=headers,
+            )  # fmt: skip
+            return _sent(json_body(response), recipient, part)
+
+        return send_parts(parts, send_one)
 
     def _error_for(self, response: requests.Response, what: str) -> IntegrationError | None:
         status = response.status_code
