@@ -363,7 +363,7 @@ class IntegrationInline(AgentPartInline, admin.TabularInline):
 class TriggerInline(AgentPartInline, admin.StackedInline):
     model = Trigger
     formset = TriggerFormSet
-    fields = ["name", "active", "conditions", "actions"]
+    fields = ["name", "active", "event", "conditions", "actions"]
     show_change_link = True
 
 

@@ -195,6 +195,24 @@ def lead_cache_key(integration_id: int, lead_id: int) -> str:
     return f"agents:lead-context:{integration_id}:{lead_id}"
 
 
+def read_lead_context(
+    kommo: Integration, lead_id: int, *, contact_id: int | None = None, max_wait: float = CRM_WAIT_SECONDS
+) -> LeadContext:
+    """The lead and its contact (``contact_id``, else the lead's main contact), from the
+    cache or the CRM; raises the client's IntegrationError. Shared by the reply pipeline
+    and the trigger engine; a CRM event about the lead drops the entry."""
+    key = lead_cache_key(kommo.pk, lead_id)
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    lead = crm.call(kommo, lambda c: c.get_lead(lead_id), max_wait=max_wait)
+    contact_id = contact_id or lead.main_contact_id
+    contact = crm.call(kommo, lambda c: c.get_contact(contact_id), max_wait=max_wait) if contact_id else None
+    context = LeadContext(lead, contact)
+    cache.set(key, context, LEAD_CACHE_SECONDS)
+    return context
+
+
 def _lead_context(kommo: Integration, conversation: Conversation) -> LeadContext:
     """The conversation's lead and contact, found by the stored link or the phone number,
     or created so that every conversation belongs to a lead.
@@ -204,16 +222,14 @@ def _lead_context(kommo: Integration, conversation: Conversation) -> LeadContext
     7 a second. A CRM event about the lead or its contact drops the entry
     (agents/handlers.py), so a change made in the CRM is seen at the next message."""
     if conversation.crm_lead_id:
-        key = lead_cache_key(kommo.pk, conversation.crm_lead_id)
-        cached = cache.get(key)
-        if cached is not None:
-            return cached
-        lead = _crm(kommo, lambda c: c.get_lead(conversation.crm_lead_id))
-        contact_id = conversation.crm_contact_id or lead.main_contact_id
-        contact = _crm(kommo, lambda c: c.get_contact(contact_id)) if contact_id else None
-        context = LeadContext(lead, contact)
-        cache.set(key, context, LEAD_CACHE_SECONDS)
-        return context
+        try:
+            return read_lead_context(kommo, conversation.crm_lead_id, contact_id=conversation.crm_contact_id)
+        except RateLimited as exc:
+            raise Retry(f"CRM: {exc}", exc.retry_after) from exc
+        except PermanentError as exc:
+            raise Fail(f"CRM: {exc}") from exc
+        except IntegrationError as exc:  # auth, transient
+            raise Retry(f"CRM: {exc}") from exc
     contact = None
     if conversation.phone:
         found = _crm(kommo, lambda c: c.find_contacts_by_phone(conversation.phone))

@@ -26,7 +26,7 @@ def exception_handler(exc, context):
     return drf_exception_handler(exc, context)
 
 
-class StrictSerializer(serializers.ModelSerializer):
+class RefusesUnknownKeys:
     """Refuses keys it does not know (``"owner": 5`` is an error, not silently dropped).
 
     Read-only fields are accepted and ignored, so a client may send back what it read.
@@ -38,6 +38,14 @@ class StrictSerializer(serializers.ModelSerializer):
             if unknown:
                 raise ValidationError({key: ["unknown field"] for key in sorted(unknown)})
         return super().to_internal_value(data)
+
+
+class StrictSerializer(RefusesUnknownKeys, serializers.ModelSerializer):
+    """A model serializer that refuses unknown keys."""
+
+
+class StrictPlainSerializer(RefusesUnknownKeys, serializers.Serializer):
+    """A plain serializer (request bodies of actions) that refuses unknown keys."""
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from config.validation import Problem, Registry, Schema, check_schema, check_typed_list, show
-from triggers.schemas import EVENTS, Condition
+from triggers.schemas import EVENTS, check_condition_list
 
 STEPS = Registry()
 
@@ -68,14 +68,13 @@ class TriggerConfig(Schema):
     """Start the sequence automatically when a CRM event matches the conditions."""
 
     event: str
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Any] = Field(default_factory=list)
 
     def problems(self) -> list[Problem]:
         problems: list[Problem] = []
         if self.event not in EVENTS:
             problems.append((("event",), f"unknown event {show(self.event)} (known: {', '.join(EVENTS)})"))
-        for index, condition in enumerate(self.conditions):
-            problems.extend((("conditions", index) + loc, msg) for loc, msg in condition.problems())
+        problems += check_condition_list(self.conditions, ("conditions",), event=self.event)
         return problems
 
 

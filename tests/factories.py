@@ -35,7 +35,8 @@ def make_agent(owner=None, **overrides: Any) -> Agent:
 def make_trigger(agent=None, **overrides: Any) -> Trigger:
     fields = {
         "name": f"Trigger {next(_seq)}",
-        "conditions": [{"field": "status_id", "operator": "equals", "value": 142}],
+        "event": "lead_status_changed",
+        "conditions": [{"field": "status", "operator": "equals", "value": {"status_id": 142}}],
         "actions": [{"type": "create_task", "text": "Call the lead", "due_in_minutes": 30}],
     } | overrides
     return Trigger.objects.create(agent=agent or make_agent(), **fields)

@@ -362,6 +362,7 @@ def test_triggers_sequences_and_integrations_added_on_the_agent_page_go_through_
             f"{triggers}-TOTAL_FORMS": "2",
             f"{triggers}-1-name": "Won",
             f"{triggers}-1-active": "on",
+            f"{triggers}-1-event": "lead_status_changed",
             f"{triggers}-1-conditions": "[]",
             f"{triggers}-1-actions": '[{"type": "change_stage", "pipeline_id": 1, "status_id": 142}]',
             f"{sequences}-TOTAL_FORMS": "2",
@@ -427,7 +428,11 @@ def test_saving_on_an_objects_own_page_goes_through_its_service(
 @pytest.mark.parametrize(
     ("name", "service", "fields"),
     [
-        ("triggers_trigger", "trigger_create", {"name": "New trigger", "actions": "[]", "conditions": "[]"}),
+        (
+            "triggers_trigger",
+            "trigger_create",
+            {"name": "New trigger", "event": "lead_added", "actions": "[]", "conditions": "[]"},
+        ),
         ("sequences_sequence", "sequence_create", {"name": "New sequence", "steps": "[]", "trigger_config": "{}"}),
         ("integrations_integration", "integration_create", {"integration_type": "kommo", "config": "{}"}),
     ],
@@ -575,7 +580,7 @@ BAD_JSON = [
         "trigger",
         "actions",
         '[{"type": "sendd"}]',
-        'actions[0].type: unknown action "sendd" (known: change_stage, create_task, send_message)',
+        'actions[0].type: unknown action "sendd" (known: add_note, add_tags, change_stage, create_task',
     ),
     (
         "triggers_trigger",

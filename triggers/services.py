@@ -9,7 +9,7 @@ from config.services import model_save
 
 from .models import Trigger
 
-TRIGGER_FIELDS = ("agent", "name", "active", "conditions", "actions")
+TRIGGER_FIELDS = ("agent", "name", "active", "event", "conditions", "actions")
 
 
 @transaction.atomic

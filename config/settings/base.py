@@ -218,6 +218,7 @@ CRM_EVENT_HANDLERS = [
     "crm.handlers.log_event",
     "agents.handlers.forget_changed_lead",
     "agents.handlers.hand_off_when_the_team_writes",
+    "triggers.execution.run_triggers",
 ]
 
 # --- Encrypted credentials ------------------------------------------------------------

@@ -52,7 +52,7 @@ def test_steps_errors_name_the_step(api, agent):
 
 
 def test_trigger_config_is_validated(api, agent):
-    config = {"event": "lead_exploded", "conditions": [{"field": "x", "operator": "gt"}]}
+    config = {"event": "lead_exploded", "conditions": [{"field": "price", "operator": "gt"}]}
 
     response = api.post(
         "/api/sequences/", {"agent": agent.id, "name": "s", "trigger_config": config}, format="json"
@@ -62,7 +62,7 @@ def test_trigger_config_is_validated(api, agent):
     assert response.json()["trigger_config"] == [
         'trigger_config.event: unknown event "lead_exploded" (known: lead_added, lead_status_changed, '
         "lead_field_changed, lead_responsible_changed, note_added, contact_added, contact_updated, incoming_message)",
-        "trigger_config.conditions[0].value: operator 'gt' needs a value",
+        "trigger_config.conditions[0].value: operator 'gt' needs a value: a number",
     ]
 
 

@@ -10,13 +10,23 @@ ACTIONS = [
     {"type": "create_task", "text": "Call the lead", "due_in_minutes": 30},
     {"type": "change_stage", "pipeline_id": 5, "status_id": 142},
 ]
-CONDITIONS = [{"field": "status_id", "operator": "in", "value": [142, 143]}]
+CONDITIONS = [{"field": "status", "operator": "in", "value": [{"status_id": 142}, {"status_id": 143}]}]
+
+
+def new_trigger(agent, **fields) -> dict:
+    return {"agent": agent.id, "name": "t", "event": "lead_added"} | fields
 
 
 def test_create_and_update_a_trigger(api, agent):
     created = api.post(
         "/api/triggers/",
-        {"agent": agent.id, "name": "Won → task", "conditions": CONDITIONS, "actions": ACTIONS},
+        {
+            "agent": agent.id,
+            "name": "Won → task",
+            "event": "lead_status_changed",
+            "conditions": CONDITIONS,
+            "actions": ACTIONS,
+        },
         format="json",
     )
     assert created.status_code == 201, created.json()
@@ -31,11 +41,12 @@ def test_create_and_update_a_trigger(api, agent):
 def test_unknown_action_type_is_named_with_its_position(api, agent):
     actions = [ACTIONS[0], {"type": "sendd", "text": "hi"}]
 
-    response = api.post("/api/triggers/", {"agent": agent.id, "name": "t", "actions": actions}, format="json")
+    response = api.post("/api/triggers/", new_trigger(agent, actions=actions), format="json")
 
     assert response.status_code == 400
     assert response.json() == {
-        "actions": ['actions[1].type: unknown action "sendd" (known: change_stage, create_task, send_message)']
+        "actions": ['actions[1].type: unknown action "sendd" (known: add_note, add_tags, change_stage, create_task, '
+        "remove_tags, send_message, update_field)"]
     }
 
 
@@ -47,7 +58,7 @@ def test_action_settings_are_checked_per_type(api, agent):
         "create_task",
     ]
 
-    response = api.post("/api/triggers/", {"agent": agent.id, "name": "t", "actions": actions}, format="json")
+    response = api.post("/api/triggers/", new_trigger(agent, actions=actions), format="json")
 
     assert response.status_code == 400
     assert response.json()["actions"] == [
@@ -61,30 +72,26 @@ def test_action_settings_are_checked_per_type(api, agent):
 
 def test_conditions_are_validated(api, agent):
     conditions = [
-        {"field": "status_id", "operator": "equalz", "value": 1},
+        {"field": "status", "operator": "equalz", "value": 1},
         {"field": "price", "operator": "is_empty", "value": 5},
         {"field": "tags", "operator": "in", "value": "vip"},
         {"operator": "equals", "value": 1},
     ]
 
-    response = api.post(
-        "/api/triggers/", {"agent": agent.id, "name": "t", "conditions": conditions}, format="json"
-    )
+    response = api.post("/api/triggers/", new_trigger(agent, conditions=conditions), format="json")
 
     assert response.status_code == 400
     assert response.json()["conditions"] == [
         'conditions[0].operator: unknown operator "equalz" (known: equals, not_equals, in, not_in, contains, gt, '
         "gte, lt, lte, is_empty, is_not_empty, changed, changed_to, changed_from)",
         "conditions[1].value: operator 'is_empty' takes no value",
-        "conditions[2].value: operator 'in' needs a list of values, got \"vip\"",
+        "conditions[2].value: operator 'in' needs a non-empty list of values, got \"vip\"",
         "conditions[3].field: this field is required",
     ]
 
 
 def test_actions_must_be_a_list(api, agent):
-    response = api.post(
-        "/api/triggers/", {"agent": agent.id, "name": "t", "actions": {"type": "create_task"}}, format="json"
-    )
+    response = api.post("/api/triggers/", new_trigger(agent, actions={"type": "create_task"}), format="json")
 
     assert response.status_code == 400
     assert response.json()["actions"] == ['actions: expected a list of actions, got {"type": "create_task"}']

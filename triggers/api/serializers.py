@@ -1,21 +1,68 @@
 from __future__ import annotations
 
+from rest_framework import serializers
+
 from agents.api.serializers import OwnAgentField
-from config.api import StrictSerializer, inline_refs, model_json_field
+from config.api import StrictPlainSerializer, StrictSerializer, inline_refs, model_json_field
 from config.validation import registry_json_schema
 
 from ..models import Trigger
-from ..schemas import ACTIONS, Condition
+from ..schemas import ACTIONS, Condition, Group
+
+CONDITIONS_SCHEMA = {
+    "type": "array",
+    "description": 'All must hold; an item is a test or a group {"any": [...]} / {"all": [...]}.',
+    "items": {"oneOf": [inline_refs(Condition.model_json_schema()), inline_refs(Group.model_json_schema())]},
+}
 
 
 class TriggerSerializer(StrictSerializer):
     agent = OwnAgentField()
-    conditions = model_json_field(
-        Trigger, "conditions", {"type": "array", "items": inline_refs(Condition.model_json_schema())}
-    )
+    conditions = model_json_field(Trigger, "conditions", CONDITIONS_SCHEMA)
     actions = model_json_field(Trigger, "actions", inline_refs(registry_json_schema(ACTIONS)))
 
     class Meta:
         model = Trigger
-        fields = ["id", "agent", "name", "active", "conditions", "actions", "created_at", "updated_at"]
+        fields = ["id", "agent", "name", "active", "event", "conditions", "actions", "created_at", "updated_at"]
         read_only_fields = ["id", "created_at", "updated_at"]
+
+
+class SampleLeadSerializer(StrictPlainSerializer):
+    id = serializers.IntegerField(min_value=1, required=False)
+    name = serializers.CharField(required=False, allow_blank=True)
+    price = serializers.FloatField(required=False, allow_null=True)
+    pipeline_id = serializers.IntegerField(min_value=1, required=False)
+    status_id = serializers.IntegerField(min_value=1, required=False)
+    responsible_user_id = serializers.IntegerField(min_value=1, required=False)
+    tags = serializers.ListField(child=serializers.CharField(), required=False)
+    custom_fields = serializers.DictField(
+        required=False, help_text='Field id → value or list of values, e.g. {"1033471": "10k-20k"}.'
+    )
+
+
+class SampleContactSerializer(StrictPlainSerializer):
+    id = serializers.IntegerField(min_value=1, required=False)
+    name = serializers.CharField(required=False, allow_blank=True)
+    first_name = serializers.CharField(required=False, allow_blank=True)
+    phone = serializers.CharField(required=False, allow_blank=True)
+    email = serializers.CharField(required=False, allow_blank=True)
+    tags = serializers.ListField(child=serializers.CharField(), required=False)
+    custom_fields = serializers.DictField(required=False)
+
+
+class SampleEventSerializer(StrictPlainSerializer):
+    lead = SampleLeadSerializer(required=False)
+    previous = SampleLeadSerializer(required=False, help_text="The lead's values before the event (for 'changed').")
+    contact = SampleContactSerializer(required=False)
+    text = serializers.CharField(required=False, allow_blank=True, help_text="The message's or note's text.")
+
+
+class DryRunSerializer(StrictPlainSerializer):
+    lead_id = serializers.IntegerField(min_value=1, required=False, help_text="A lead of the CRM, read now.")
+    event = SampleEventSerializer(required=False, help_text="A sample event instead of a real lead.")
+    at = serializers.DateTimeField(required=False, help_text="When the event happens (time-of-day tests); now.")
+
+    def validate(self, attrs):
+        if ("lead_id" in attrs) == ("event" in attrs):
+            raise serializers.ValidationError({"lead_id": ["give either lead_id or event, not both"]})
+        return attrs

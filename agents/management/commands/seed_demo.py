@@ -36,7 +36,8 @@ AGENT_DATA = {
 CRM_ACCESS = {"lead_fields": [100001, 100002], "contact_fields": [200001]}
 TRIGGER_DATA = {
     "name": "Deal won: thank-you call",
-    "conditions": [{"field": "status_id", "operator": "equals", "value": 142}],
+    "event": "lead_status_changed",
+    "conditions": [{"field": "status", "operator": "changed_to", "value": {"status_id": 142}}],
     "actions": [{"type": "create_task", "text": "Call the client to say thank you", "due_in_minutes": 60}],
 }
 SEQUENCE_NAME = "Follow-up after the first contact"

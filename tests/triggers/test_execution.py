@@ -1,0 +1,488 @@
+"""Trigger execution: a stored CRM event → the agent's triggers for its kind → actions,
+each done at most once, loops stopped, everything explained in the execution log."""
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
+
+import pytest
+import responses
+
+from agents.models import ExecutionLog, LiveEvent
+from crm.intake import delivery_store
+from crm.models import CrmEvent
+from crm.tasks import process_events
+from crm.webhooks import parse_delivery
+from tests.crm.webhook_helpers import ACCOUNT_ID
+from tests.factories import make_integration, make_trigger
+from triggers.models import ActionRun, TriggerFiring
+
+CRM = "https://acme.kommo.com"
+LEAD = 23416597
+PIPELINE, NEW, WON = 6213074, 48293914, 142
+
+
+@pytest.fixture
+def kommo(agent, settings):
+    settings.CRM_EVENT_HANDLERS = ["triggers.execution.run_triggers"]
+    return make_integration(
+        agent,
+        integration_type="kommo",
+        config={"base_url": CRM, "account_id": ACCOUNT_ID},
+        credentials={"access_token": "crm-token"},
+    )
+
+
+@pytest.fixture
+def crm_api():
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.patch(f"{CRM}/api/v4/leads/{LEAD}", json={"id": LEAD})
+        mock.post(f"{CRM}/api/v4/tasks", json={"_embedded": {"tasks": [{"id": 9001}]}})
+        mock.post(f"{CRM}/api/v4/leads/{LEAD}/notes", json={"_embedded": {"notes": [{"id": 7001}]}})
+        yield mock
+
+
+def lead_form(action: str, *, lead_id: int = LEAD, modified: int = 1717079340, **fields) -> bytes:
+    p = f"leads[{action}][0]"
+    values = {"id": lead_id, "name": "Заявка с сайта", "pipeline_id": PIPELINE, "status_id": NEW, "price": 15000}
+    values |= {"responsible_user_id": 8374811, "last_modified": modified} | fields
+    pairs = [(f"{p}[{key}]", str(value)) for key, value in values.items()]
+    pairs += [("account[subdomain]", "acmesales"), ("account[id]", str(ACCOUNT_ID))]
+    return urlencode(pairs).encode()
+
+
+def changed_to(status_id: int) -> dict:
+    return {"field": "status", "operator": "changed_to", "value": {"pipeline_id": PIPELINE, "status_id": status_id}}
+
+
+def deliver(integration, data: bytes) -> list[int]:
+    stored = delivery_store(integration_id=integration.id, changes=parse_delivery(data).changes)
+    return list(stored.event_ids)
+
+
+def run(integration, data: bytes) -> list[int]:
+    ids = deliver(integration, data)
+    process_events(ids)
+    return ids
+
+
+def calls(mock, suffix: str, method: str = "POST"):
+    return [c for c in mock.calls if c.request.method == method and c.request.url.split("?")[0].endswith(suffix)]
+
+
+def test_a_matching_trigger_acts_and_logs(agent, kommo, crm_api):
+    trigger = make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[{"field": "status", "operator": "changed_to", "value": {"status_id": WON}}],
+        actions=[
+            {"type": "create_task", "text": "Thank {{lead.name}} for {{lead.price}}", "due_in_minutes": 30},
+            {"type": "add_note", "text": "Won by trigger"},
+        ],
+    )
+
+    (event_id,) = run(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+
+    (task,) = calls(crm_api, "/api/v4/tasks")
+    body = json.loads(task.request.body)[0]
+    assert body["text"] == "Thank Заявка с сайта for 15000"
+    assert body["entity_id"] == LEAD and body["responsible_user_id"] == 8374811
+    assert len(calls(crm_api, "/notes")) == 1
+    firing = TriggerFiring.objects.get()
+    assert (firing.trigger_id, firing.event_id, firing.status) == (trigger.id, event_id, "done")
+    assert list(ActionRun.objects.values_list("status", flat=True)) == ["done", "done"]
+    log = ExecutionLog.objects.get(kind="trigger")
+    assert (log.status, log.ref_id, log.crm_lead_id) == ("success", trigger.id, LEAD)
+    assert [a["status"] for a in log.detail["actions"]] == ["done", "done"]
+    assert LiveEvent.objects.filter(owner=agent.owner, type="trigger.fired").count() == 1
+    assert CrmEvent.objects.get(pk=event_id).status == "done"
+
+
+def test_a_skip_is_logged_with_the_first_failing_condition_and_what_it_saw(agent, kommo, crm_api):
+    trigger = make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[
+            {"field": "status", "operator": "changed_to", "value": {"status_id": WON}},
+            {"field": "price", "operator": "gt", "value": 20000},
+        ],
+    )
+
+    run(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+
+    assert len(crm_api.calls) == 0
+    assert not TriggerFiring.objects.exists()
+    log = ExecutionLog.objects.get(kind="trigger")
+    assert (log.status, log.ref_type, log.ref_id, log.crm_lead_id) == ("skipped", "trigger", trigger.id, LEAD)
+    assert log.detail["failed"]["path"] == "conditions[1]"
+    assert log.detail["failed"]["seen"] == "15000"
+    assert log.detail["reason"] == "The lead's price (budget) is 15000, not greater than 20000"
+
+
+def test_why_a_trigger_did_not_fire_for_a_lead_is_in_the_api(agent, kommo, crm_api, api):
+    trigger = make_trigger(
+        agent, event="lead_status_changed", conditions=[{"field": "tags", "operator": "contains", "value": "vip"}]
+    )
+    run(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+
+    response = api.get(f"/api/execution-logs/?ref_type=trigger&ref_id={trigger.id}&crm_lead_id={LEAD}")
+
+    (entry,) = response.json()["results"]
+    assert entry["status"] == "skipped"
+    assert entry["detail"]["reason"] == "The lead's tags is empty, not containing 'vip'"
+
+
+def test_only_the_agents_triggers_for_the_event_kind_are_read(agent, kommo, crm_api, django_assert_num_queries):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=[])
+    process_events(deliver(kommo, lead_form("status", status_id=WON, old_status_id=NEW)))  # the lead is known now
+    (second,) = deliver(kommo, lead_form("status", status_id=NEW, old_status_id=WON, modified=1717079500))
+    with CaptureQueriesContext(connection) as few:
+        process_events([second])
+    for _ in range(60):  # other kinds of this agent, and other agents
+        make_trigger(agent, event="note_added", conditions=[], actions=[])
+        make_trigger(event="lead_status_changed", conditions=[], actions=[])
+    (third,) = deliver(kommo, lead_form("status", status_id=WON, old_status_id=NEW, modified=1717079999))
+    with CaptureQueriesContext(connection) as many:
+        process_events([third])
+
+    assert len(many.captured_queries) == len(few.captured_queries)
+    assert TriggerFiring.objects.count() == 3
+
+
+def test_a_repeated_event_does_not_act_twice(agent, kommo, crm_api):
+    from triggers.execution import run_triggers
+
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=[{"type": "create_task", "text": "Call"}])
+    (event_id,) = deliver(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+    event = CrmEvent.objects.select_related("integration").get(pk=event_id)
+
+    run_triggers(event)
+    run_triggers(event)  # a redelivered task, a sweeper, a second worker
+    process_events([event_id])
+
+    assert len(calls(crm_api, "/api/v4/tasks")) == 1
+    assert TriggerFiring.objects.count() == 1 and ActionRun.objects.get().attempts == 1
+
+
+class WorkerKilled(BaseException):
+    """Stands in for kill -9: nothing after it runs, no handler catches it."""
+
+
+def test_a_crash_between_two_actions_resumes_with_the_second_only(agent, kommo, crm_api, monkeypatch):
+    from triggers import execution
+
+    make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[],
+        actions=[{"type": "create_task", "text": "Call"}, {"type": "add_note", "text": "Noted"}],
+    )
+    (event_id,) = deliver(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+    real = execution._run_action
+
+    def die_before_the_second(run, action, ctx, *, final):
+        if run.index == 1:
+            raise WorkerKilled
+        return real(run, action, ctx, final=final)
+
+    monkeypatch.setattr(execution, "_run_action", die_before_the_second)
+    with pytest.raises(WorkerKilled):
+        process_events([event_id])
+    assert CrmEvent.objects.get(pk=event_id).status == "pending"
+    monkeypatch.setattr(execution, "_run_action", real)
+
+    process_events([event_id])  # the task is delivered again after the crash
+
+    assert len(calls(crm_api, "/api/v4/tasks")) == 1
+    assert len(calls(crm_api, "/notes")) == 1
+    assert [r.status for r in ActionRun.objects.order_by("index")] == ["done", "done"]
+    assert TriggerFiring.objects.get().status == "done"
+
+
+def _crash_inside(monkeypatch, kind: str):
+    """The worker dies after the action reached the CRM and before it was recorded."""
+    from triggers import actions
+
+    real = actions.HANDLERS[kind]
+
+    def reach_then_die(action, ctx):
+        real(action, ctx)
+        raise WorkerKilled
+
+    monkeypatch.setitem(actions.HANDLERS, kind, reach_then_die)
+    return real
+
+
+def _age_claims(minutes: int = 10):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    ActionRun.objects.update(claimed_at=timezone.now() - timedelta(minutes=minutes))
+
+
+def test_an_interrupted_message_or_task_is_not_repeated(agent, kommo, crm_api, monkeypatch):
+    from triggers import actions
+
+    make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[],
+        actions=[{"type": "create_task", "text": "Call"}, {"type": "add_note", "text": "after"}],
+    )
+    (event_id,) = deliver(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+    real = _crash_inside(monkeypatch, "create_task")
+    with pytest.raises(WorkerKilled):
+        process_events([event_id])
+    monkeypatch.setitem(actions.HANDLERS, "create_task", real)
+
+    process_events([event_id])  # soon after: another worker's claim is respected
+    assert ActionRun.objects.get(index=0).status == "running"
+    _age_claims()
+    # the claim is stale now; the dispatcher's schedule runs the handler again
+    CrmEvent.objects.filter(pk=event_id).update(status="pending")
+    process_events([event_id])
+
+    assert len(calls(crm_api, "/api/v4/tasks")) == 1  # not a second time
+    first, second = ActionRun.objects.order_by("index")
+    assert first.status == "failed" and "not done again" in first.error
+    assert second.status == "not_run" and calls(crm_api, "/notes") == []
+    assert TriggerFiring.objects.get().status == "failed"
+    assert ExecutionLog.objects.get(kind="trigger").status == "failed"
+
+
+def test_an_interrupted_stage_change_is_done_again(agent, kommo, crm_api, monkeypatch):
+    from triggers import actions
+
+    make_trigger(
+        agent,
+        event="lead_added",
+        conditions=[],
+        actions=[{"type": "change_stage", "pipeline_id": PIPELINE, "status_id": WON}],
+    )
+    (event_id,) = deliver(kommo, lead_form("add"))
+    real = _crash_inside(monkeypatch, "change_stage")
+    with pytest.raises(WorkerKilled):
+        process_events([event_id])
+    monkeypatch.setitem(actions.HANDLERS, "change_stage", real)
+    _age_claims()
+
+    process_events([event_id])
+
+    assert len(calls(crm_api, f"/leads/{LEAD}", "PATCH")) == 2  # the same stage, set twice: harmless
+    assert ActionRun.objects.get().status == "done"
+
+
+def test_a_transient_failure_is_retried_later_and_done_once(agent, kommo, crm_api):
+    from django_q.models import Schedule
+
+    from tests.crm.webhook_helpers import run_schedule
+
+    make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[],
+        actions=[{"type": "add_note", "text": "first"}, {"type": "create_task", "text": "Call"}],
+    )
+    crm_api.replace(responses.POST, f"{CRM}/api/v4/tasks", status=503)
+    (event_id,) = run(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+
+    firing = TriggerFiring.objects.get()
+    assert firing.status == "retrying" and "503" in firing.error
+    assert [r.status for r in ActionRun.objects.order_by("index")] == ["done", "pending"]
+    assert CrmEvent.objects.get(pk=event_id).status == "pending"
+    assert ExecutionLog.objects.get(kind="trigger").status == "retrying"
+    (retry,) = Schedule.objects.filter(func="crm.tasks.process_events")
+
+    crm_api.replace(responses.POST, f"{CRM}/api/v4/tasks", json={"_embedded": {"tasks": [{"id": 1}]}})
+    run_schedule(retry)
+
+    assert len(calls(crm_api, "/notes")) == 1  # the done note is not repeated
+    assert [r.status for r in ActionRun.objects.order_by("index")] == ["done", "done"]
+    assert TriggerFiring.objects.get().status == "done"
+    assert CrmEvent.objects.get(pk=event_id).status == "done"
+    log = ExecutionLog.objects.get(kind="trigger")
+    assert log.status == "success" and log.detail["actions"][1]["attempts"] == 2
+
+
+def test_a_transient_failure_on_the_last_attempt_fails_visibly(agent, kommo, crm_api):
+    from crm.dispatch import MAX_ATTEMPTS
+
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=[{"type": "create_task", "text": "x"}])
+    crm_api.replace(responses.POST, f"{CRM}/api/v4/tasks", status=503)
+    (event_id,) = deliver(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+    CrmEvent.objects.filter(pk=event_id).update(attempts=MAX_ATTEMPTS - 1)
+
+    process_events([event_id])
+
+    run_ = ActionRun.objects.get()
+    assert run_.status == "failed" and "gave up after" in run_.error
+    assert TriggerFiring.objects.get().status == "failed"
+    assert ExecutionLog.objects.get(kind="trigger").status == "failed"
+
+
+def test_a_permanent_failure_stops_the_remaining_actions_with_the_reason(agent, kommo, crm_api):
+    make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[],
+        actions=[{"type": "create_task", "text": "x"}, {"type": "add_note", "text": "y"}],
+    )
+    crm_api.replace(
+        responses.POST,
+        f"{CRM}/api/v4/tasks",
+        status=400,
+        json={"title": "Bad Request", "detail": "complete_till is in the past"},
+    )
+
+    (event_id,) = run(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+
+    first, second = ActionRun.objects.order_by("index")
+    assert first.status == "failed" and "400" in first.error
+    assert second.status == "not_run"
+    assert calls(crm_api, "/notes") == []
+    firing = TriggerFiring.objects.get()
+    assert firing.status == "failed" and firing.error.startswith("action 0 (create_task)")
+    assert CrmEvent.objects.get(pk=event_id).status == "done"  # the trigger failed, the event was handled
+    entry = LiveEvent.objects.get(type="trigger.fired")
+    assert entry.payload["status"] == "failed"
+
+
+def test_a_trigger_does_not_fire_on_its_own_change(agent, kommo, crm_api):
+    """"Stage changed → change stage" would loop: its own change comes back as an event."""
+    mover = make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[],
+        actions=[{"type": "change_stage", "pipeline_id": PIPELINE, "status_id": 48293918}],
+    )
+    run(kommo, lead_form("status", status_id=48293916, old_status_id=NEW))
+    assert len(calls(crm_api, f"/leads/{LEAD}", "PATCH")) == 1
+
+    # Kommo reports the change the trigger made
+    run(kommo, lead_form("status", status_id=48293918, old_status_id=48293916, modified=1717079400))
+
+    assert len(calls(crm_api, f"/leads/{LEAD}", "PATCH")) == 1
+    skipped = ExecutionLog.objects.get(kind="trigger", status="skipped")
+    assert skipped.ref_id == mover.id and "own change" in skipped.detail["reason"]
+    assert skipped.detail["cause"]["trigger_id"] == mover.id
+
+
+def test_a_person_making_a_change_later_is_not_taken_for_the_trigger(agent, kommo, crm_api):
+    make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[changed_to(WON)],
+        actions=[{"type": "create_task", "text": "Won"}],
+    )
+    make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[changed_to(48293916)],
+        actions=[{"type": "change_stage", "pipeline_id": PIPELINE, "status_id": WON}],
+    )
+    run(kommo, lead_form("status", status_id=48293916, old_status_id=NEW))
+    run(kommo, lead_form("status", status_id=WON, old_status_id=48293916, modified=1717079400))  # its change
+    assert len(calls(crm_api, "/api/v4/tasks")) == 1  # a chain: the other trigger reacts to it
+
+    # a person moves the lead back and then to won again: both are people's changes
+    run(kommo, lead_form("status", status_id=NEW, old_status_id=WON, modified=1717079500))
+    run(kommo, lead_form("status", status_id=WON, old_status_id=NEW, modified=1717079600))
+
+    assert len(calls(crm_api, "/api/v4/tasks")) == 2
+    assert TriggerFiring.objects.filter(depth=0).count() == 2
+
+
+def test_a_cycle_between_triggers_stops_at_the_chain_limit(agent, kommo, crm_api):
+    from triggers.loops import MAX_CHAIN_DEPTH
+
+    a, b = 48293916, 48293918
+
+    def mover(source, target):
+        return make_trigger(
+            agent,
+            event="lead_status_changed",
+            conditions=[changed_to(source)],
+            actions=[{"type": "change_stage", "pipeline_id": PIPELINE, "status_id": target}],
+        )
+
+    mover(a, b)
+    mover(b, a)
+    run(kommo, lead_form("status", status_id=a, old_status_id=NEW))
+    previous, current, modified = a, b, 1717079400
+    patches = calls(crm_api, f"/leads/{LEAD}", "PATCH")
+    while len(patches) < 10:  # Kommo reports each change the triggers make, until they stop
+        run(kommo, lead_form("status", status_id=current, old_status_id=previous, modified=modified))
+        if len(calls(crm_api, f"/leads/{LEAD}", "PATCH")) == len(patches):
+            break
+        patches = calls(crm_api, f"/leads/{LEAD}", "PATCH")
+        previous, current, modified = current, previous, modified + 60
+
+    assert len(calls(crm_api, f"/leads/{LEAD}", "PATCH")) == MAX_CHAIN_DEPTH
+    skipped = ExecutionLog.objects.filter(kind="trigger", status="skipped")
+    assert any("chains stop at" in entry.detail["reason"] for entry in skipped)
+
+
+def test_the_live_event_reaches_the_owner_only(agent, kommo, crm_api, other_user):
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=[{"type": "add_note", "text": "x"}])
+
+    run(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+
+    (event,) = LiveEvent.objects.filter(type="trigger.fired")
+    assert event.owner_id == agent.owner_id != other_user.id
+    assert event.payload["lead_id"] == LEAD and event.payload["actions"] == [{"type": "add_note", "status": "done"}]
+
+
+def test_an_inactive_trigger_or_agent_does_nothing(agent, kommo, crm_api):
+    note = [{"type": "add_note", "text": "x"}]
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=note, active=False)
+    run(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=[{"type": "add_note", "text": "x"}])
+    agent.active = False
+    agent.save()
+    run(kommo, lead_form("status", status_id=NEW, old_status_id=WON, modified=1717079999))
+
+    assert len(crm_api.calls) == 0 and not ExecutionLog.objects.filter(kind="trigger").exists()
+
+
+def test_a_field_change_is_told_from_the_previous_event(agent, kommo, crm_api):
+    make_trigger(
+        agent,
+        event="lead_field_changed",
+        conditions=[{"field": "price", "operator": "changed_from", "value": 15000}],
+        actions=[{"type": "add_tags", "tags": ["upsell"]}],
+    )
+    run(kommo, lead_form("update"))  # first seen: nothing to compare with
+    assert len(crm_api.calls) == 0
+    first_skip = ExecutionLog.objects.get(kind="trigger")
+    assert "previous value is not known" in first_skip.detail["reason"]
+
+    run(kommo, lead_form("update", price=30000, modified=1717079999))
+
+    (patch,) = calls(crm_api, f"/leads/{LEAD}", "PATCH")
+    assert json.loads(patch.request.body) == {"tags_to_add": [{"name": "upsell"}]}
+
+
+def test_update_field_and_tags_are_sent_as_kommo_expects(agent, kommo, crm_api):
+    make_trigger(
+        agent,
+        event="lead_added",
+        conditions=[],
+        actions=[
+            {"type": "update_field", "field": "lead.cf.1033479", "value": "from {{lead.name}}"},
+            {"type": "update_field", "field": "price", "value": 99},
+            {"type": "remove_tags", "tags": ["cold"]},
+        ],
+    )
+
+    run(kommo, lead_form("add"))
+
+    bodies = [json.loads(c.request.body) for c in calls(crm_api, f"/leads/{LEAD}", "PATCH")]
+    assert bodies == [
+        {"custom_fields_values": [{"field_id": 1033479, "values": [{"value": "from Заявка с сайта"}]}]},
+        {"price": 99},
+        {"tags_to_delete": [{"name": "cold"}]},
+    ]

@@ -1,0 +1,355 @@
+"""What each action type does (the shapes are in triggers/schemas.py).
+
+An action function takes the action (a validated dict) and the :class:`ActionContext`
+of its firing, does the one thing, and returns a small JSON result for the log. It
+raises ``integrations.errors.TransientError`` / ``RateLimited`` (and the AI's transient
+errors) to be tried again later, ``ActionFailed`` or any other ``IntegrationError`` to
+fail. Changes to the lead are announced first (``ctx.own_change``) so that the webhook
+event reporting them is known as the trigger's own (triggers/loops.py).
+
+``describe`` says what an action would do, with its texts rendered, for the dry run.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import F
+from django.utils import timezone
+
+from agents import ai
+from agents.models import Agent, Conversation, ConversationMessage
+from agents.schemas import parse_schedule
+from crm import connection as crm
+from crm.client import LeadUpdate
+from crm.services import snapshot_metadata
+from integrations.errors import IntegrationError, PermanentError
+from integrations.models import Integration
+
+from .engine import Facts
+from .schemas import TEMPLATE_VARIABLE, custom_field_of
+
+CRM_WAIT_SECONDS = 10  # at most this long for a slot of the account's 7 requests a second
+HISTORY_MESSAGES = 20
+
+
+class ActionFailed(PermanentError):
+    """The action cannot be done, and trying again will not change that."""
+
+
+@dataclass
+class ActionContext:
+    agent: Agent
+    kommo: Integration | None  # None only in a dry run of an agent without a CRM connection
+    facts: Facts
+    lead_id: int | None
+    depth: int  # chain depth of the event that fired; own changes cause depth + 1
+    trigger_id: int | None = None
+    now: datetime = field(default_factory=timezone.now)
+    dry_run: bool = False
+    _names: dict[str, dict[int, str]] = field(default_factory=dict, init=False, repr=False)
+
+    # -- the CRM --------------------------------------------------------------------------
+
+    def crm(self, operation: Callable[[Any], Any]) -> Any:
+        return crm.call(self.kommo, operation, max_wait=CRM_WAIT_SECONDS)
+
+    def own_change(self, kinds: list[str], expect: Mapping[str, Any]) -> None:
+        from .loops import own_change_record
+
+        own_change_record(
+            integration=self.kommo,
+            lead_id=self.lead_id,
+            trigger_id=self.trigger_id,
+            depth=self.depth + 1,
+            kinds=kinds,
+            expect=expect,
+        )
+
+    def require_lead(self) -> int:
+        if not self.lead_id:
+            raise ActionFailed("the event concerns no lead")
+        return self.lead_id
+
+    # -- templates ------------------------------------------------------------------------
+
+    def _name_of(self, kind: str, item_id: Any) -> str:
+        if self.kommo is None:
+            return ""
+        if kind not in self._names:
+            names: dict[int, str] = {}
+            if kind == "statuses":
+                for pipeline in snapshot_metadata(self.kommo, "pipelines") or []:
+                    names.update({int(s["id"]): s.get("name") or "" for s in pipeline.get("statuses") or []})
+            else:
+                names = {int(i["id"]): i.get("name") or "" for i in snapshot_metadata(self.kommo, kind) or []}
+            self._names[kind] = names
+        try:
+            return self._names[kind].get(int(item_id), "")
+        except (TypeError, ValueError):
+            return ""
+
+    def variable(self, name: str) -> str:
+        facts = self.facts
+        if name == "agent.name":
+            return self.agent.name
+        parsed = custom_field_of(name)
+        if parsed:
+            entity, field_id = parsed
+            values = facts.values(f"{entity}.cf.{field_id}")
+            return ", ".join(map(str, values)) if isinstance(values, list) else ""
+        if name.startswith("contact."):
+            facts.values("contact.name")  # loads the contact when needed
+            contact = facts.contact or {}
+            key = name.split(".", 1)[1]
+            if key == "phone":
+                return (contact.get("phones") or [""])[0]
+            if key == "email":
+                return (contact.get("emails") or [""])[0]
+            return str(contact.get(key) or "")
+        facts.values("name")  # loads the lead when needed
+        lead = facts.lead or {}
+        if name == "lead.id":
+            return str(lead.get("id") or self.lead_id or "")
+        if name == "lead.name":
+            return str(lead.get("name") or "")
+        if name == "lead.price":
+            return "" if lead.get("price") is None else str(lead["price"])
+        if name == "lead.status":
+            return self._name_of("statuses", lead.get("status_id"))
+        if name == "lead.pipeline":
+            return self._name_of("pipelines", lead.get("pipeline_id"))
+        if name == "responsible.name":
+            return self._name_of("users", lead.get("responsible_user_id"))
+        return ""
+
+    def render(self, template: str) -> str:
+        return TEMPLATE_VARIABLE.sub(lambda m: self.variable(m.group(1)), template).strip()
+
+
+# --- the actions ---------------------------------------------------------------------------
+
+
+def _conversation(ctx: ActionContext, integration_id: int | None) -> Conversation:
+    lead_id = ctx.require_lead()
+    chats = Conversation.objects.filter(
+        agent=ctx.agent, crm_lead_id=lead_id, integration__isnull=False, integration__active=True
+    ).select_related("integration")
+    if integration_id:
+        chats = chats.filter(integration_id=integration_id)
+    chat = chats.order_by(F("last_inbound_at").desc(nulls_last=True), "-id").first()
+    if chat is None:
+        where = f"on integration {integration_id}" if integration_id else "on any of its messengers"
+        raise ActionFailed(
+            f"lead {lead_id} has no chat with this agent {where}: a message goes only to a chat the lead started"
+        )
+    return chat
+
+
+def _generate(ctx: ActionContext, conversation: Conversation | None, instruction: str) -> ai.Completion:
+    from agents.pipeline import build_system_prompt, read_lead_context
+
+    context = read_lead_context(ctx.kommo, ctx.require_lead(), max_wait=CRM_WAIT_SECONDS)
+    language = (conversation.language if conversation else "") or ctx.agent.default_language
+    system = build_system_prompt(ctx.agent, context, language=language)
+    turns: list[ai.ChatMessage] = []
+    if conversation is not None:
+        earlier = list(
+            ConversationMessage.objects.filter(conversation=conversation).exclude(text="").order_by("-id")[
+                :HISTORY_MESSAGES
+            ]
+        )
+        inbound = ConversationMessage.Direction.INBOUND
+        turns = [
+            ai.ChatMessage("user" if m.direction == inbound else "assistant", m.text) for m in reversed(earlier)
+        ]
+    turns.append(ai.ChatMessage("user", f"(Write your next message to the lead now. Instruction: {instruction})"))
+    return ai.complete(ctx.agent.ai_model, system, turns)
+
+
+def send_message(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    from agents.channels import send_text
+
+    conversation = _conversation(ctx, action.get("integration_id"))
+    completion = None
+    if action.get("text"):
+        text = ctx.render(action["text"])
+    else:
+        completion = _generate(ctx, conversation, action["ai_instruction"])
+        text = completion.text.strip()
+    if not text:
+        raise ActionFailed("the message is empty once its variables are filled in")
+    try:
+        sent = send_text(conversation.integration, conversation, text)
+    except IntegrationError as exc:
+        went_out = getattr(exc, "sent", ())
+        if not went_out:
+            raise
+        # part of a long message reached the lead: keep what did; sending it again would
+        # repeat those parts, so the action fails instead of retrying
+        _store(conversation, " ".join(p.text for p in went_out), went_out, completion)
+        raise ActionFailed(f"{len(went_out)} part(s) of the message sent, then: {exc}") from exc
+    message = _store(conversation, text, sent, completion)
+    return {"conversation_id": conversation.pk, "message_id": message.pk, "parts": len(sent), "text": text[:500]}
+
+
+def _store(conversation: Conversation, text: str, sent, completion) -> ConversationMessage:
+    return ConversationMessage.objects.create(
+        conversation=conversation,
+        direction=ConversationMessage.Direction.OUTBOUND,
+        author=ConversationMessage.Author.AGENT,
+        external_id=sent[0].message_id if sent else "",
+        text=text,
+        status=ConversationMessage.Status.SENT,
+        ai_provider=completion.provider if completion else "",
+        ai_model=completion.model if completion else "",
+        input_tokens=completion.input_tokens if completion else None,
+        output_tokens=completion.output_tokens if completion else None,
+        latency_ms=completion.latency_ms if completion else None,
+        processed_at=timezone.now(),
+    )
+
+
+def task_due(action: Mapping[str, Any], ctx: ActionContext) -> datetime:
+    due = ctx.now + timedelta(minutes=action.get("due_in_minutes", 60))
+    if action.get("within_working_hours"):
+        schedule = parse_schedule(ctx.agent.schedule)
+        opens = schedule.next_open(due) if schedule else None
+        if opens is not None:
+            due = opens
+    return due
+
+
+def _responsible(action: Mapping[str, Any], ctx: ActionContext) -> int | None:
+    if action.get("responsible_user_id"):
+        return action["responsible_user_id"]
+    values = ctx.facts.values("responsible_user")
+    return values[0] if isinstance(values, list) and values else None
+
+
+def create_task(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    lead_id = ctx.require_lead()
+    text = ctx.render(action["text"]) or action["text"]
+    due = task_due(action, ctx)
+    responsible = _responsible(action, ctx)
+    task_id = ctx.crm(
+        lambda c: c.create_task(
+            lead_id=lead_id,
+            text=text,
+            complete_till=int(due.timestamp()),
+            responsible_user_id=responsible,
+            task_type_id=action.get("task_type_id"),
+        )
+    )
+    return {"task_id": task_id, "due": due.isoformat(), "responsible_user_id": responsible, "text": text[:500]}
+
+
+def change_stage(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    lead_id = ctx.require_lead()
+    pipeline_id, status_id = action["pipeline_id"], action["status_id"]
+    ctx.own_change(["lead_status_changed", "lead_updated"], {"status": [[pipeline_id, status_id]]})
+    ctx.crm(lambda c: c.update_lead(lead_id, LeadUpdate(pipeline_id=pipeline_id, status_id=status_id)))
+    return {"pipeline_id": pipeline_id, "status_id": status_id}
+
+
+def _field_value(action: Mapping[str, Any], ctx: ActionContext) -> Any:
+    value = action["value"]
+    return ctx.render(value) if isinstance(value, str) else value
+
+
+def update_field(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    lead_id = ctx.require_lead()
+    name, value = action["field"], _field_value(action, ctx)
+    if name == "price":
+        change = LeadUpdate(price=value)
+    elif name == "name":
+        change = LeadUpdate(name=value)
+    else:
+        _, field_id = custom_field_of(name)
+        change = LeadUpdate(custom_fields={field_id: value})
+    ctx.own_change(["lead_updated", "lead_status_changed"], {name: [] if value is None else [value]})
+    ctx.crm(lambda c: c.update_lead(lead_id, change))
+    return {"field": name, "value": value}
+
+
+def add_tags(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    lead_id = ctx.require_lead()
+    tags = [tag.strip() for tag in action["tags"]]
+    ctx.own_change(["lead_updated"], {"tags_has": tags})
+    ctx.crm(lambda c: c.update_lead(lead_id, LeadUpdate(tags_to_add=tags)))
+    return {"tags": tags}
+
+
+def remove_tags(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    lead_id = ctx.require_lead()
+    tags = [tag.strip() for tag in action["tags"]]
+    ctx.own_change(["lead_updated"], {"tags_not": tags})
+    ctx.crm(lambda c: c.update_lead(lead_id, LeadUpdate(tags_to_delete=tags)))
+    return {"tags": tags}
+
+
+def add_note(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    lead_id = ctx.require_lead()
+    text = ctx.render(action["text"]) or action["text"]
+    ctx.own_change(["note_added"], {"note.text": [text]})
+    note_id = ctx.crm(lambda c: c.add_note(lead_id=lead_id, text=text))
+    return {"note_id": note_id, "text": text[:500]}
+
+
+HANDLERS: dict[str, Callable[[Mapping[str, Any], ActionContext], dict[str, Any]]] = {
+    "send_message": send_message,
+    "create_task": create_task,
+    "change_stage": change_stage,
+    "update_field": update_field,
+    "add_tags": add_tags,
+    "remove_tags": remove_tags,
+    "add_note": add_note,
+}
+
+
+def describe(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """What the action would do, texts rendered, touching nothing (the dry run). The
+    CRM may be read (the lead, its contact) to fill in variables; nothing is written."""
+    kind = action["type"]
+    out: dict[str, Any] = {"type": kind}
+    try:
+        if kind == "send_message":
+            out["to"] = _describe_chat(ctx, action.get("integration_id"))
+            if action.get("text"):
+                out["text"] = ctx.render(action["text"])
+            else:
+                out["ai_instruction"] = action["ai_instruction"]
+                out["text"] = None
+                out["note"] = f"written by {ctx.agent.ai_model} when it runs, from this instruction"
+        elif kind == "create_task":
+            out["text"] = ctx.render(action["text"]) or action["text"]
+            out["due"] = task_due(action, ctx).isoformat()
+            out["responsible_user_id"] = _responsible(action, ctx)
+            if action.get("task_type_id"):
+                out["task_type_id"] = action["task_type_id"]
+        elif kind == "change_stage":
+            out.update(pipeline_id=action["pipeline_id"], status_id=action["status_id"])
+            out["stage"] = ctx._name_of("statuses", action["status_id"]) or None
+        elif kind == "update_field":
+            out.update(field=action["field"], value=_field_value(action, ctx))
+        elif kind in ("add_tags", "remove_tags"):
+            out["tags"] = action["tags"]
+        elif kind == "add_note":
+            out["text"] = ctx.render(action["text"]) or action["text"]
+        else:
+            out.update({k: v for k, v in action.items() if k != "type"})
+    except ActionFailed as exc:
+        out["would_fail"] = str(exc)
+    return out
+
+
+def _describe_chat(ctx: ActionContext, integration_id: int | None) -> dict[str, Any]:
+    chat = _conversation(ctx, integration_id)
+    return {
+        "conversation_id": chat.pk,
+        "integration_id": chat.integration_id,
+        "channel": chat.integration.integration_type,
+        "chat": chat.sender_name or chat.chat_id,
+    }

@@ -1,0 +1,493 @@
+"""Trigger execution (flow 2.3): a stored CRM event → the agent's active triggers for
+that event kind → conditions → actions. Runs in the worker as a CRM event handler
+(settings.CRM_EVENT_HANDLERS), never in the webhook request.
+
+Per event:
+
+1. the lead's (or contact's) values are remembered (``EntityState``) so that "changed"
+   can be told next time, and the previous ones are the facts' ``previous``;
+2. only the agent's active triggers for this event kind are read (one indexed query);
+3. the event's cause is looked up (triggers/loops.py): a trigger skips its own change,
+   and chains stop at MAX_CHAIN_DEPTH;
+4. each trigger is evaluated; a skip is logged with the first condition that failed and
+   the value it saw; a match becomes a ``TriggerFiring`` (one per event and trigger)
+   holding a copy of the actions;
+5. each firing's actions run in order, each through an ``ActionRun`` row claimed before
+   the action and marked done after it.
+
+Exactly once: a repeated event (the sweeper, a redelivered task, a retry) finds the
+firing and its done actions and does only what is left. An action found "running" was
+interrupted (a worker killed mid-action): a stage, field or tag change is done again
+(the same result twice), a message, task or note is not, so it happens at most once,
+and the action is failed with that reason instead. An action claimed less than
+ACTION_CLAIM_TIMEOUT ago is another worker's, and is left to it.
+
+Failures: a transient one (the CRM's or a messenger's 5xx, 429, timeouts, the AI
+provider's) leaves the action pending and raises TransientError, so the dispatcher runs
+this handler again with backoff; on the event's last attempt it fails instead. A
+permanent one fails the action, marks the firing's remaining actions "not run", and is
+logged with the reason. Other triggers of the event go on either way.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from agents.ai.errors import AIError, AIPermanentError
+from agents.models import Agent, ExecutionLog
+from agents.realtime import send_event_on_commit
+from agents.schemas import parse_schedule
+from crm.models import CrmEvent
+from integrations.errors import IntegrationError, NotFound, PermanentError, RateLimited, TransientError
+from integrations.models import Integration
+
+from . import actions as action_types
+from .engine import (
+    Facts,
+    Result,
+    contact_from_api,
+    contact_from_webhook,
+    contact_values,
+    evaluate,
+    first_failure,
+    lead_from_api,
+    lead_from_webhook,
+    lead_values,
+)
+from .loops import MAX_CHAIN_DEPTH, Cause, find_cause
+from .models import ActionRun, EntityState, Trigger, TriggerFiring
+from .schemas import IDEMPOTENT_ACTIONS, KIND_EVENTS
+
+logger = logging.getLogger(__name__)
+
+ACTION_CLAIM_TIMEOUT = timedelta(minutes=5)
+ERROR_MAX_CHARS = 1000
+LEAD_KINDS = frozenset({"lead_added", "lead_updated", "lead_status_changed", "lead_responsible_changed"})
+CONTACT_KINDS = frozenset({"contact_added", "contact_updated"})
+
+
+# --- facts of an event ---------------------------------------------------------------------
+
+
+def agent_zone(agent: Agent) -> ZoneInfo:
+    schedule = parse_schedule(agent.schedule)
+    return schedule.zone if schedule else ZoneInfo(settings.TIME_ZONE)
+
+
+def remember_state(event: CrmEvent) -> dict[str, list] | None:
+    """Store the values this event shows for its lead or contact; return the values they
+    replaced (None when unknown: the first event seen, or an older one arriving late)."""
+    if event.kind in LEAD_KINDS:
+        entity_type, values = "lead", lead_values(lead_from_webhook(event.data))
+    elif event.kind in CONTACT_KINDS:
+        entity_type, values = "contact", contact_values(contact_from_webhook(event.data))
+    else:
+        return None
+    if not event.entity_id:
+        return None
+    key = {"integration_id": event.integration_id, "entity_type": entity_type, "entity_id": event.entity_id}
+    with transaction.atomic():
+        state = EntityState.objects.select_for_update().filter(**key).first()
+        if state is None:
+            try:
+                with transaction.atomic():
+                    EntityState.objects.create(**key, values=values, previous=None, event_id=event.id)
+                return None
+            except IntegrityError:  # another worker stored it first
+                state = EntityState.objects.select_for_update().get(**key)
+        if state.event_id == event.id:
+            return state.previous  # this event again: the same change as the first time
+        if state.event_id and state.event_id > event.id:
+            return None  # a later event was seen already
+        previous = state.values
+        state.previous, state.values, state.event_id = previous, values, event.id
+        state.save(update_fields=["previous", "values", "event_id", "updated_at"])
+        return previous
+
+
+def _lead_loader(integration: Integration, lead_id: int | None):
+    if not lead_id:
+        return None
+
+    def load() -> dict[str, Any] | None:
+        from agents.pipeline import read_lead_context
+
+        try:
+            return lead_from_api(read_lead_context(integration, lead_id).lead)
+        except NotFound:
+            return None
+
+    return load
+
+
+def _contact_loader(integration: Integration, lead_id: int | None, contact_id: int | None = None):
+    if not lead_id and not contact_id:
+        return None
+
+    def load() -> dict[str, Any] | None:
+        from agents.pipeline import read_lead_context
+        from crm import connection
+
+        try:
+            if lead_id:
+                contact = read_lead_context(integration, lead_id, contact_id=contact_id).contact
+            else:
+                contact = connection.call(integration, lambda c: c.get_contact(contact_id), max_wait=10)
+        except NotFound:
+            return None
+        return contact_from_api(contact) if contact else None
+
+    return load
+
+
+def event_facts(event: CrmEvent, agent: Agent, previous: dict[str, list] | None) -> Facts:
+    data = event.data if isinstance(event.data, dict) else {}
+    facts = Facts(event=KIND_EVENTS.get(event.kind, event.kind), at=event.received_at, zone=agent_zone(agent))
+    integration = event.integration
+    overrides: dict[str, list] = {}
+    if event.kind in LEAD_KINDS:
+        facts.lead = lead_from_webhook(data)
+        lead = facts.lead
+        if data.get("old_status_id"):
+            old_pipeline = data.get("old_pipeline_id") or lead.get("pipeline_id")
+            overrides["status"] = [[int(old_pipeline or 0), int(data["old_status_id"])]]
+            if data.get("old_pipeline_id"):
+                overrides["pipeline"] = [int(data["old_pipeline_id"])]
+            elif previous is None:
+                overrides["pipeline"] = [lead.get("pipeline_id")] if lead.get("pipeline_id") else []
+        if data.get("old_responsible_user_id"):
+            overrides["responsible_user"] = [int(data["old_responsible_user_id"])]
+    elif event.kind in CONTACT_KINDS:
+        facts.contact = contact_from_webhook(data)
+    elif event.kind == "incoming_message":
+        facts.message_text = str(data.get("text") or "")
+    elif event.kind == "note_added":
+        note = data.get("note") if isinstance(data.get("note"), dict) else data
+        facts.note_text = str(note.get("text") or "")
+    if previous is not None or overrides:
+        facts.previous = {**(previous or {}), **overrides}
+        facts.previous_complete = previous is not None
+    if facts.lead is None:
+        facts.load_lead = _lead_loader(integration, event.lead_id)
+    if facts.contact is None:
+        contact_id = data.get("contact_id") if event.kind == "incoming_message" else None
+        facts.load_contact = _contact_loader(integration, event.lead_id, _int(contact_id))
+    return facts
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# --- the handler ---------------------------------------------------------------------------
+
+
+def run_triggers(event: CrmEvent) -> None:
+    """The CRM event handler (settings.CRM_EVENT_HANDLERS)."""
+    event_name = KIND_EVENTS.get(event.kind)
+    integration = event.integration
+    if integration.integration_type != Integration.Type.KOMMO:
+        return
+    previous = remember_state(event)
+    if event_name is None:
+        return
+    triggers = list(
+        Trigger.objects.filter(agent_id=integration.agent_id, event=event_name, active=True).order_by("id")
+    )
+    if not triggers:
+        return
+    agent = Agent.objects.get(pk=integration.agent_id)
+    if not agent.active:
+        return
+    started = time.monotonic()
+    facts = event_facts(event, agent, previous)
+    cause = find_cause(
+        integration_id=integration.pk, lead_id=event.lead_id, kind=event.kind, event_id=event.pk, facts=facts
+    )
+    depth = cause.depth if cause else 0
+    firings = {f.trigger_id: f for f in TriggerFiring.objects.filter(event_id=event.pk)}
+    skipped: list[ExecutionLog] = []
+    to_run: list[tuple[Trigger, TriggerFiring]] = []
+    for trigger in triggers:
+        firing = firings.get(trigger.pk)
+        if firing is None:
+            result, why_not = _decide(trigger, facts, cause)
+            if why_not is not None:
+                if event.attempts == 0:  # a retry of the event logged its skips already
+                    skipped.append(_skip_entry(trigger, event, why_not, cause, started))
+                continue
+            firing = _fire(trigger, event, result, depth, cause)
+        to_run.append((trigger, firing))
+    if skipped:
+        ExecutionLog.objects.bulk_create(skipped)
+    from crm.dispatch import MAX_ATTEMPTS
+
+    final = event.attempts + 1 >= MAX_ATTEMPTS
+    retry: IntegrationError | None = None
+    for trigger, firing in to_run:
+        ctx = action_types.ActionContext(
+            agent=agent, kommo=integration, facts=facts, lead_id=event.lead_id, depth=depth, trigger_id=trigger.pk
+        )
+        try:
+            firing_run(firing, ctx, final=final)
+        except (TransientError, RateLimited) as exc:
+            retry = exc
+    if retry is not None:
+        raise retry
+
+
+def _decide(trigger: Trigger, facts: Facts, cause: Cause | None) -> tuple[Result | None, dict[str, Any] | None]:
+    """(the evaluation, None) for a match; (evaluation or None, why not) for a skip."""
+    if cause is not None and cause.trigger_id == trigger.pk:
+        return None, {"reason": "this event reports this trigger's own change to the lead: it does not fire on it"}
+    if cause is not None and cause.depth >= MAX_CHAIN_DEPTH:
+        return None, {
+            "reason": f"this event is a change made by a chain of {cause.depth} trigger firings: "
+            f"chains stop at {MAX_CHAIN_DEPTH}"
+        }
+    try:
+        result = evaluate(trigger.conditions, facts)
+    except (TransientError, RateLimited):
+        raise
+    except IntegrationError as exc:  # the lead or contact could not be read for good
+        return None, {"reason": f"the CRM could not tell a value: {exc}"}
+    if result.passed:
+        return result, None
+    failed = first_failure(result)
+    return result, {
+        "reason": failed.reason if failed else result.reason,
+        "failed": failed.as_dict() if failed else None,
+    }
+
+
+def _skip_entry(
+    trigger: Trigger, event: CrmEvent, why_not: dict[str, Any], cause: Cause | None, started: float
+) -> ExecutionLog:
+    return ExecutionLog(
+        agent_id=trigger.agent_id,
+        kind=ExecutionLog.Kind.TRIGGER,
+        status=ExecutionLog.Status.SKIPPED,
+        ref_type="trigger",
+        ref_id=trigger.pk,
+        crm_lead_id=event.lead_id,
+        detail={
+            "trigger": trigger.name,
+            "event_id": event.pk,
+            "event": KIND_EVENTS.get(event.kind, event.kind),
+            **why_not,
+            **({"cause": cause.as_dict()} if cause else {}),
+        },
+        duration_ms=int((time.monotonic() - started) * 1000),
+        finished_at=timezone.now(),
+    )
+
+
+def _fire(trigger: Trigger, event: CrmEvent, result: Result, depth: int, cause: Cause | None) -> TriggerFiring:
+    try:
+        with transaction.atomic():
+            log = ExecutionLog.objects.create(
+                agent_id=trigger.agent_id,
+                kind=ExecutionLog.Kind.TRIGGER,
+                status=ExecutionLog.Status.STARTED,
+                ref_type="trigger",
+                ref_id=trigger.pk,
+                crm_lead_id=event.lead_id,
+                detail={
+                    "trigger": trigger.name,
+                    "event_id": event.pk,
+                    "event": KIND_EVENTS.get(event.kind, event.kind),
+                    "matched": result.as_dict(),
+                    **({"cause": cause.as_dict()} if cause else {}),
+                },
+            )
+            return TriggerFiring.objects.create(
+                trigger=trigger,
+                event=event,
+                agent_id=trigger.agent_id,
+                crm_lead_id=event.lead_id,
+                actions=list(trigger.actions),
+                explanation=result.as_dict(),
+                depth=depth,
+                log=log,
+            )
+    except IntegrityError:  # another worker matched it a moment ago: share its firing
+        return TriggerFiring.objects.get(event=event, trigger=trigger)
+
+
+# --- running a firing ----------------------------------------------------------------------
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]
+
+
+def firing_run(firing: TriggerFiring, ctx: action_types.ActionContext, *, final: bool = False) -> str:
+    """Do what is left of the firing's actions; returns the firing's status. Raises
+    TransientError when an action should be tried again later (unless ``final``)."""
+    if firing.status in (TriggerFiring.Status.DONE, TriggerFiring.Status.FAILED):
+        return firing.status
+    started = time.monotonic()
+    runs = {run.index: run for run in ActionRun.objects.filter(firing=firing)}
+    status, error, retry = TriggerFiring.Status.DONE, "", None
+    failed_at: int | None = None
+    for index, action in enumerate(firing.actions):
+        run = runs.get(index) or _run_row(firing, index, action["type"])
+        if run.status == ActionRun.Status.DONE:
+            continue
+        if run.status in (ActionRun.Status.FAILED, ActionRun.Status.NOT_RUN):
+            status, error, failed_at = TriggerFiring.Status.FAILED, run.error, index
+            break
+        outcome, detail = _run_action(run, action, ctx, final=final)
+        if outcome == "done":
+            continue
+        if outcome == "busy":
+            status, error, retry = TriggerFiring.Status.RETRYING, detail, TransientError(detail)
+            break
+        if outcome == "retry":
+            status, error = TriggerFiring.Status.RETRYING, detail
+            retry = TransientError(f"action {index} ({action['type']}): {detail}")
+            break
+        status, error, failed_at = TriggerFiring.Status.FAILED, f"action {index} ({action['type']}): {detail}", index
+        break
+    if failed_at is not None:
+        _not_run(firing, failed_at + 1)
+    _finish(firing, ctx, status, error, started)
+    if retry is not None:
+        raise retry
+    return status
+
+
+def _run_row(firing: TriggerFiring, index: int, kind: str) -> ActionRun:
+    run, _ = ActionRun.objects.get_or_create(firing=firing, index=index, defaults={"type": kind})
+    return run
+
+
+def _run_action(run: ActionRun, action: dict[str, Any], ctx, *, final: bool) -> tuple[str, str]:
+    """Claim and do one action: ("done" | "retry" | "failed" | "busy", detail)."""
+    now = timezone.now()
+    if run.status == ActionRun.Status.RUNNING:
+        if run.claimed_at and run.claimed_at > now - ACTION_CLAIM_TIMEOUT:
+            return "busy", f"action {run.index} is being done by another worker"
+        if action["type"] not in IDEMPOTENT_ACTIONS:
+            reason = (
+                "interrupted: the worker stopped while doing it, and whether it reached the lead is not known; "
+                "not done again, so that it is never done twice"
+            )
+            ActionRun.objects.filter(pk=run.pk).update(status=ActionRun.Status.FAILED, error=reason, finished_at=now)
+            return "failed", reason
+    claimed = ActionRun.objects.filter(pk=run.pk, status=run.status, attempts=run.attempts).update(
+        status=ActionRun.Status.RUNNING, attempts=F("attempts") + 1, claimed_at=now
+    )
+    if not claimed:
+        return "busy", f"action {run.index} was taken by another worker"
+    attempts = run.attempts + 1
+    try:
+        result = action_types.HANDLERS[action["type"]](action, ctx)
+    except (TransientError, RateLimited, IntegrationError, AIError) as exc:
+        transient = isinstance(exc, TransientError | RateLimited) or (
+            isinstance(exc, AIError) and not isinstance(exc, AIPermanentError)
+        )
+        if transient and not final:
+            ActionRun.objects.filter(pk=run.pk).update(status=ActionRun.Status.PENDING, error=_error(exc))
+            return "retry", _error(exc)
+        reason = _error(exc) if not transient else f"gave up after {attempts} attempts: {_error(exc)}"
+        if isinstance(exc, IntegrationError) and not isinstance(exc, PermanentError | TransientError | RateLimited):
+            reason = f"the CRM or channel refused the credentials ({_error(exc)}); reconnect the integration"
+        ActionRun.objects.filter(pk=run.pk).update(
+            status=ActionRun.Status.FAILED, error=reason[:ERROR_MAX_CHARS], finished_at=timezone.now()
+        )
+        return "failed", reason
+    except Exception as exc:  # a bug: fail it visibly rather than retry blindly
+        logger.exception("triggers.action.error", extra={"action_run_id": run.pk, "type": action["type"]})
+        reason = f"unexpected error: {type(exc).__name__}"
+        ActionRun.objects.filter(pk=run.pk).update(
+            status=ActionRun.Status.FAILED, error=reason, finished_at=timezone.now()
+        )
+        return "failed", reason
+    ActionRun.objects.filter(pk=run.pk).update(
+        status=ActionRun.Status.DONE, result=result, error="", finished_at=timezone.now()
+    )
+    return "done", ""
+
+
+def _not_run(firing: TriggerFiring, start: int) -> None:
+    for index in range(start, len(firing.actions)):
+        run = _run_row(firing, index, firing.actions[index]["type"])
+        if run.status == ActionRun.Status.PENDING:
+            ActionRun.objects.filter(pk=run.pk, status=ActionRun.Status.PENDING).update(
+                status=ActionRun.Status.NOT_RUN, error="an earlier action failed"
+            )
+
+
+_LOG_STATUS = {
+    TriggerFiring.Status.DONE: ExecutionLog.Status.SUCCESS,
+    TriggerFiring.Status.FAILED: ExecutionLog.Status.FAILED,
+    TriggerFiring.Status.RETRYING: ExecutionLog.Status.RETRYING,
+}
+
+
+def action_outcomes(firing: TriggerFiring) -> list[dict[str, Any]]:
+    runs = {run.index: run for run in ActionRun.objects.filter(firing=firing)}
+    outcomes = []
+    for index, action in enumerate(firing.actions):
+        run = runs.get(index)
+        outcome: dict[str, Any] = {"index": index, "type": action["type"], "status": run.status if run else "pending"}
+        if run and run.result:
+            outcome["result"] = run.result
+        if run and run.error:
+            outcome["error"] = run.error
+        if run:
+            outcome["attempts"] = run.attempts
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _finish(firing: TriggerFiring, ctx, status: str, error: str, started: float) -> None:
+    outcomes = action_outcomes(firing)
+    finished = timezone.now() if status != TriggerFiring.Status.RETRYING else None
+    with transaction.atomic():
+        TriggerFiring.objects.filter(pk=firing.pk).update(status=status, error=error, finished_at=finished)
+        firing.status, firing.error, firing.finished_at = status, error, finished
+        if firing.log_id:
+            log = ExecutionLog.objects.get(pk=firing.log_id)
+            log.status = _LOG_STATUS[status]
+            log.error = error
+            log.detail = {**log.detail, "firing_id": firing.pk, "actions": outcomes}
+            log.duration_ms = (log.duration_ms or 0) + int((time.monotonic() - started) * 1000)
+            log.finished_at = finished
+            log.save(update_fields=["status", "error", "detail", "duration_ms", "finished_at"])
+        send_event_on_commit(
+            owner_id=ctx.agent.owner_id,
+            type="trigger.fired",
+            payload={
+                "firing_id": firing.pk,
+                "trigger_id": firing.trigger_id,
+                "agent_id": ctx.agent.pk,
+                "lead_id": firing.crm_lead_id,
+                "event_id": firing.event_id,
+                "status": status,
+                "error": error,
+                "actions": [{"type": o["type"], "status": o["status"]} for o in outcomes],
+            },
+        )
+    logger.info(
+        "trigger.fired",
+        extra={
+            "firing_id": firing.pk,
+            "trigger_id": firing.trigger_id,
+            "agent_id": ctx.agent.pk,
+            "lead_id": firing.crm_lead_id,
+            "status": status,
+        },
+    )
