@@ -18,10 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
+from django.utils.module_loading import import_string
 from django_q.tasks import schedule
 
 from agents import ai
@@ -92,6 +94,7 @@ def message_reply(*, message_id: int) -> str:
         "conversation__agent", "conversation__integration"
     ).get(pk=message_id)
     started = time.monotonic()
+    _tell_handlers(message)
     try:
         status, reason = _reply(message)
     except Retry as exc:
@@ -112,6 +115,16 @@ def message_reply(*, message_id: int) -> str:
             status = Status.RECEIVED
     _finish(message, status, reason, started)
     return status
+
+
+def _tell_handlers(message: ConversationMessage) -> None:
+    """settings.INBOUND_MESSAGE_HANDLERS hear of the message (the lead replied: its
+    follow-up sequences end). One failing must not keep the lead unanswered."""
+    for path in settings.INBOUND_MESSAGE_HANDLERS:
+        try:
+            import_string(path)(message)
+        except Exception:
+            logger.exception("agents.inbound_handler.failed", extra={"handler": path, "message_id": message.pk})
 
 
 def _reply(message: ConversationMessage) -> tuple[str, str]:

@@ -8,13 +8,14 @@ from agents.api.ai import AIModelsView
 from agents.api.views import AgentViewSet, ConversationViewSet, ExecutionLogViewSet
 from crm.api import views as crm_views
 from integrations.api.views import IntegrationViewSet
-from sequences.api.views import SequenceViewSet
+from sequences.api.views import SequenceRunViewSet, SequenceViewSet
 from triggers.api.views import TriggerViewSet
 
 router = DefaultRouter()
 router.register("agents", AgentViewSet, basename="agent")
 router.register("triggers", TriggerViewSet, basename="trigger")
 router.register("sequences", SequenceViewSet, basename="sequence")
+router.register("sequence-runs", SequenceRunViewSet, basename="sequence-run")
 router.register("integrations", IntegrationViewSet, basename="integration")
 router.register("execution-logs", ExecutionLogViewSet, basename="execution-log")
 router.register("conversations", ConversationViewSet, basename="conversation")

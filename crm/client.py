@@ -534,6 +534,24 @@ class KommoClient:
         data = self._request("POST", f"{API}/tasks", json=[task])
         return _first_id(data, "tasks", "create_task")
 
+    def recent_tasks(self, lead_id: int, *, since: int) -> list[tuple[int, str]]:
+        """(id, text) of the lead's tasks changed since ``since`` (Unix time): how a step
+        interrupted after creating a task finds out that it did."""
+        params = {
+            "filter[entity_type]": "leads",
+            "filter[entity_id][]": int(lead_id),
+            "filter[updated_at][from]": int(since),
+        }
+        return [(int(t["id"]), str(t.get("text") or "")) for t in self._pages(f"{API}/tasks", "tasks", params)]
+
+    def recent_notes(self, lead_id: int, *, since: int) -> list[tuple[int, str]]:
+        """(id, text) of the lead's notes changed since ``since`` (Unix time)."""
+        params = {"filter[updated_at][from]": int(since)}
+        return [
+            (int(n["id"]), str((n.get("params") or {}).get("text") or ""))
+            for n in self._pages(f"{API}/leads/{int(lead_id)}/notes", "notes", params)
+        ]
+
     def add_note(self, *, lead_id: int, text: str) -> int:
         """A common (text) note on the lead; returns its id."""
         data = self._request(

@@ -1,4 +1,6 @@
-"""Shapes of a sequence's steps and its start configuration (docs/json-fields.md)."""
+"""Shapes of a sequence's steps, its start configuration and its exit rules
+(docs/json-fields.md). Steps that act on the lead share their settings and their
+behaviour with the trigger actions of the same name (triggers/schemas.py, actions.py)."""
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -6,7 +8,14 @@ from typing import Any, Literal
 from pydantic import Field
 
 from config.validation import Problem, Registry, Schema, check_schema, check_typed_list, show
-from triggers.schemas import EVENTS, check_condition_list
+from triggers.schemas import (
+    EVENTS,
+    AddNoteAction,
+    ChangeStageAction,
+    CreateTaskAction,
+    check_condition_list,
+    template_problems,
+)
 
 STEPS = Registry()
 
@@ -41,27 +50,31 @@ class SendMessageStep(Schema):
 
     type: Literal["send_message"]
     integration_id: int | None = Field(default=None, ge=1)
-    text: str | None = Field(default=None, min_length=1)
+    text: str | None = Field(default=None, min_length=1, max_length=4000)
     use_generated: bool = False
 
     def problems(self) -> list[Problem]:
         if (self.text is None) == (not self.use_generated):
             return [((), "give either text or use_generated: true, not both")]
-        return []
+        return template_problems(self.text, ("text",)) if self.text else []
 
 
-@STEPS.register("create_task")
-class CreateTaskStep(Schema):
-    """Create a CRM task on the lead."""
-
-    type: Literal["create_task"]
-    text: str = Field(min_length=1)
-    due_in_minutes: int = Field(default=60, ge=0)
-    responsible_user_id: int | None = Field(default=None, ge=1)
+STEPS.register("create_task")(CreateTaskAction)
+STEPS.register("change_stage")(ChangeStageAction)
+STEPS.register("add_note")(AddNoteAction)
 
 
 def check_steps(value: Any) -> list[Problem]:
-    return check_typed_list(value, STEPS, noun="step")[1]
+    items, problems = check_typed_list(value, STEPS, noun="step")
+    if problems:
+        return problems
+    generated = False
+    for index, step in enumerate(items):
+        if step.type == "generate_message":
+            generated = True
+        if step.type == "send_message" and step.use_generated and not generated:
+            problems.append(((index, "use_generated"), "no generate_message step comes before this one"))
+    return problems
 
 
 class TriggerConfig(Schema):
@@ -85,3 +98,33 @@ def check_trigger_config(value: Any) -> list[Problem]:
     if not isinstance(value, dict):
         return [((), f"expected an object with event and conditions, got {show(value)}")]
     return check_schema(TriggerConfig, value)[1]
+
+
+class ExitRules(Schema):
+    """When a run stops early. A manager can always stop one (cancel)."""
+
+    on_reply: bool = True
+    on_stages: list[dict[str, Any]] = Field(default_factory=lambda: [{"status_id": 142}, {"status_id": 143}])
+    on_meeting_booked: bool = True
+
+    def problems(self) -> list[Problem]:
+        from triggers.schemas import _check_one
+
+        problems: list[Problem] = []
+        for index, stage in enumerate(self.on_stages):
+            problems += _check_one("stage", stage, ("on_stages", index))
+        return problems
+
+
+DEFAULT_EXIT_RULES = ExitRules().model_dump()
+
+
+def check_exit_rules(value: Any) -> list[Problem]:
+    if not isinstance(value, dict):
+        return [((), f"expected an object with on_reply, on_stages, on_meeting_booked, got {show(value)}")]
+    return check_schema(ExitRules, value)[1]
+
+
+def exit_rules_of(value: Any) -> ExitRules:
+    """The rules of a stored (valid) column value; missing keys take their defaults."""
+    return ExitRules.model_validate(value or {})

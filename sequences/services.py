@@ -9,7 +9,7 @@ from config.services import model_save
 
 from .models import Sequence
 
-SEQUENCE_FIELDS = ("agent", "name", "description", "active", "trigger_config", "steps")
+SEQUENCE_FIELDS = ("agent", "name", "description", "active", "trigger_config", "steps", "exit_rules")
 
 
 @transaction.atomic

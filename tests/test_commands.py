@@ -163,7 +163,7 @@ def test_serve_keeps_the_psycopg_pool_away_from_the_worker(monkeypatch):
     assert web[:4] == [sys.executable, "-m", "uvicorn", "config.asgi:application"]
     assert web[web.index("--port") + 1] == "8123" and web[web.index("--workers") + 1] == "3"
     assert "DATABASE_POOL" not in web_env  # config/asgi.py decides for the web server
-    assert worker[-1] == "qcluster" and worker_env["DATABASE_POOL"] == "false"
+    assert worker[-1] == "worker" and worker_env["DATABASE_POOL"] == "false"
 
 
 def test_serve_passes_an_explicit_database_pool_setting_to_both(monkeypatch):
@@ -332,7 +332,7 @@ def test_serve_runs_the_web_server_and_the_worker_and_stops_on_sigterm(serve_fac
         assert "Demo sales agent" in agents_page.text
 
     web = serve.child("-m uvicorn config.asgi:application")
-    worker = serve.child("manage.py qcluster")
+    worker = serve.child("manage.py worker")
     # the pool stays with the web server (config/asgi.py) and away from django-q2's forked workers
     assert "DATABASE_POOL" not in environ_of(web)
     assert environ_of(worker)["DATABASE_POOL"] == "false"
@@ -355,7 +355,7 @@ def test_serve_runs_the_web_server_and_the_worker_and_stops_on_sigterm(serve_fac
 def test_serve_stops_the_web_server_and_fails_when_the_worker_dies(serve_factory):
     serve = serve_factory("--no-demo")
     serve.wait_until_healthy()
-    worker = serve.child("manage.py qcluster")
+    worker = serve.child("manage.py worker")
     deadline = time.monotonic() + 10
     while len(descendants(worker)) < 2 and time.monotonic() < deadline:  # its sentinel and a worker
         time.sleep(0.1)
@@ -366,7 +366,7 @@ def test_serve_stops_the_web_server_and_fails_when_the_worker_dies(serve_factory
 
     serve.process.wait(timeout=15)
     assert serve.process.returncode != 0
-    assert "the worker (qcluster) exited with code -9; stopped the rest" in serve.output()
+    assert "the worker exited with code -9; stopped the rest" in serve.output()
     deadline = time.monotonic() + 5
     while alive(tree) and time.monotonic() < deadline:
         time.sleep(0.1)

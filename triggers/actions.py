@@ -49,6 +49,7 @@ class ActionContext:
     trigger_id: int | None = None
     now: datetime = field(default_factory=timezone.now)
     dry_run: bool = False
+    reference: str = ""  # what started this work ("trigger:5:event:9"), for runs it starts
     _names: dict[str, dict[int, str]] = field(default_factory=dict, init=False, repr=False)
 
     # -- the CRM --------------------------------------------------------------------------
@@ -170,8 +171,6 @@ def _generate(ctx: ActionContext, conversation: Conversation | None, instruction
 
 
 def send_message(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
-    from agents.channels import send_text
-
     conversation = _conversation(ctx, action.get("integration_id"))
     completion = None
     if action.get("text"):
@@ -179,6 +178,24 @@ def send_message(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any
     else:
         completion = _generate(ctx, conversation, action["ai_instruction"])
         text = completion.text.strip()
+    return deliver(conversation, text, completion)
+
+
+def lead_chat(ctx: ActionContext, integration_id: int | None = None) -> Conversation:
+    """The lead's chat with the agent that a message goes to (ActionFailed when none)."""
+    return _conversation(ctx, integration_id)
+
+
+def generate(ctx: ActionContext, conversation: Conversation | None, instruction: str) -> ai.Completion:
+    """A message written by the agent's model from ``instruction``, the lead's allowed
+    CRM fields and the conversation so far."""
+    return _generate(ctx, conversation, instruction)
+
+
+def deliver(conversation: Conversation, text: str, completion=None) -> dict[str, Any]:
+    """Send ``text`` in the chat and store it; the JSON result of a send."""
+    from agents.channels import send_text
+
     if not text:
         raise ActionFailed("the message is empty once its variables are filled in")
     try:
@@ -298,6 +315,42 @@ def add_note(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
     return {"note_id": note_id, "text": text[:500]}
 
 
+def start_sequence(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """Starting twice is harmless: a lead has one active run of a sequence, and a run
+    this firing started already is found by its reference."""
+    from sequences.models import Sequence, SequenceRun
+    from sequences.runner import AlreadyRunning, CannotStart, run_start
+
+    lead_id = ctx.require_lead()
+    sequence = Sequence.objects.filter(pk=action["sequence_id"], agent=ctx.agent).first()
+    if sequence is None:
+        raise ActionFailed(f"sequence {action['sequence_id']} is not one of this agent's")
+    ref = ctx.reference
+    if ref and (earlier := SequenceRun.objects.filter(sequence=sequence, started_ref=ref).first()):
+        return {"run_id": earlier.pk, "sequence": sequence.name}
+    try:
+        run = run_start(
+            sequence=sequence, lead_id=lead_id, started_by="trigger", started_ref=ref, integration=ctx.kommo
+        )
+    except AlreadyRunning as exc:
+        return {"run_id": exc.run.pk, "already_running": True, "note": str(exc)}
+    except CannotStart as exc:
+        raise ActionFailed(str(exc)) from exc
+    return {"run_id": run.pk, "sequence": sequence.name}
+
+
+def stop_sequence(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    from sequences.models import ACTIVE_RUN_STATUSES, SequenceRun
+    from sequences.runner import run_cancel
+
+    lead_id = ctx.require_lead()
+    runs = SequenceRun.objects.filter(agent=ctx.agent, crm_lead_id=lead_id, status__in=ACTIVE_RUN_STATUSES)
+    if action.get("sequence_id"):
+        runs = runs.filter(sequence_id=action["sequence_id"])
+    stopped = [run.pk for run in runs if run_cancel(run, by=f"trigger {ctx.trigger_id}")]
+    return {"stopped_runs": stopped}
+
+
 HANDLERS: dict[str, Callable[[Mapping[str, Any], ActionContext], dict[str, Any]]] = {
     "send_message": send_message,
     "create_task": create_task,
@@ -306,6 +359,8 @@ HANDLERS: dict[str, Callable[[Mapping[str, Any], ActionContext], dict[str, Any]]
     "add_tags": add_tags,
     "remove_tags": remove_tags,
     "add_note": add_note,
+    "start_sequence": start_sequence,
+    "stop_sequence": stop_sequence,
 }
 
 
@@ -338,6 +393,8 @@ def describe(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
             out["tags"] = action["tags"]
         elif kind == "add_note":
             out["text"] = ctx.render(action["text"]) or action["text"]
+        elif kind in ("start_sequence", "stop_sequence"):
+            out.update(_describe_sequence(action, ctx))
         else:
             out.update({k: v for k, v in action.items() if k != "type"})
     except ActionFailed as exc:
@@ -353,3 +410,18 @@ def _describe_chat(ctx: ActionContext, integration_id: int | None) -> dict[str, 
         "channel": chat.integration.integration_type,
         "chat": chat.sender_name or chat.chat_id,
     }
+
+
+def _describe_sequence(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    from sequences.models import ACTIVE_RUN_STATUSES, Sequence, SequenceRun
+
+    out: dict[str, Any] = {"sequence_id": action.get("sequence_id")}
+    if action.get("sequence_id"):
+        sequence = Sequence.objects.filter(pk=action["sequence_id"], agent=ctx.agent).first()
+        out["sequence"] = sequence.name if sequence else None
+    if ctx.lead_id:
+        runs = SequenceRun.objects.filter(agent=ctx.agent, crm_lead_id=ctx.lead_id, status__in=ACTIVE_RUN_STATUSES)
+        if action.get("sequence_id"):
+            runs = runs.filter(sequence_id=action["sequence_id"])
+        out["active_runs"] = list(runs.values_list("id", flat=True))
+    return out

@@ -25,11 +25,9 @@ class CrmUnavailable(Exception):
 
 
 def _kommo(trigger: Trigger) -> Integration | None:
-    return (
-        Integration.objects.filter(agent_id=trigger.agent_id, integration_type=Integration.Type.KOMMO, active=True)
-        .order_by("id")
-        .first()
-    )
+    from .validation import agent_kommo
+
+    return agent_kommo(trigger.agent_id)
 
 
 def _custom(values: Mapping[str, Any] | None) -> dict[str, list[str]]:
@@ -105,7 +103,9 @@ def trigger_dry_run(
         if sample.get("lead"):
             facts.lead = sample_lead(sample["lead"])
             if sample.get("previous") is not None:
-                facts.previous = lead_values({**facts.lead, **sample_lead({**sample["lead"], **sample["previous"]})})
+                before = sample_lead({**sample["lead"], **sample["previous"]})
+                before["cf"] = {**facts.lead["cf"], **_custom(sample["previous"].get("custom_fields"))}
+                facts.previous = lead_values(before)
         if sample.get("contact"):
             facts.contact = sample_contact(sample["contact"])
     text = sample.get("text")
@@ -115,7 +115,14 @@ def trigger_dry_run(
         facts.note_text = text
     result = evaluate(trigger.conditions, facts, explain_all=True)
     ctx = action_types.ActionContext(
-        agent=agent, kommo=kommo, facts=facts, lead_id=lead_id, depth=0, trigger_id=trigger.pk, dry_run=True
+        agent=agent,
+        kommo=kommo,
+        facts=facts,
+        lead_id=lead_id,
+        depth=0,
+        trigger_id=trigger.pk,
+        dry_run=True,
+        now=facts.at,
     )
     planned = []
     for index, action in enumerate(trigger.actions):

@@ -409,6 +409,8 @@ def test(condition: Mapping[str, Any], facts: Facts, path: str) -> Result:
             return Result(passed=False, reason=f"{label} {problem} ({seen}), so not {phrase}", seen=seen, **common)
     elif operator == "equals":
         ok = _any_equal(current, expected, kind)
+        if kind == "custom" and expected is False and not current:
+            ok = True  # an unticked checkbox arrives as no value at all
     elif operator == "not_equals":
         ok = not _any_equal(current, expected, kind)
     elif operator == "in":
@@ -422,6 +424,11 @@ def test(condition: Mapping[str, Any], facts: Facts, path: str) -> Result:
             ok = any(_text(expected) in _text(value) for value in current)
     if ok:
         return Result(passed=True, reason=f"{label} is {seen}: {phrase}", seen=seen, **common)
+    if operator == "not_equals":
+        return Result(passed=False, reason=f"{label} is {seen}, which it must not be", seen=seen, **common)
+    if operator == "not_in":
+        listed = show_expected(expected, kind)
+        return Result(passed=False, reason=f"{label} is {seen}, which is in {listed}", seen=seen, **common)
     return Result(passed=False, reason=f"{label} is {seen}, not {phrase}", seen=seen, **common)
 
 

@@ -113,7 +113,7 @@ def remember_state(event: CrmEvent) -> dict[str, list] | None:
         return previous
 
 
-def _lead_loader(integration: Integration, lead_id: int | None):
+def lead_loader(integration: Integration, lead_id: int | None):
     if not lead_id:
         return None
 
@@ -128,7 +128,7 @@ def _lead_loader(integration: Integration, lead_id: int | None):
     return load
 
 
-def _contact_loader(integration: Integration, lead_id: int | None, contact_id: int | None = None):
+def contact_loader(integration: Integration, lead_id: int | None, contact_id: int | None = None):
     if not lead_id and not contact_id:
         return None
 
@@ -176,10 +176,10 @@ def event_facts(event: CrmEvent, agent: Agent, previous: dict[str, list] | None)
         facts.previous = {**(previous or {}), **overrides}
         facts.previous_complete = previous is not None
     if facts.lead is None:
-        facts.load_lead = _lead_loader(integration, event.lead_id)
+        facts.load_lead = lead_loader(integration, event.lead_id)
     if facts.contact is None:
         contact_id = data.get("contact_id") if event.kind == "incoming_message" else None
-        facts.load_contact = _contact_loader(integration, event.lead_id, _int(contact_id))
+        facts.load_contact = contact_loader(integration, event.lead_id, _int(contact_id))
     return facts
 
 
@@ -237,7 +237,13 @@ def run_triggers(event: CrmEvent) -> None:
     retry: IntegrationError | None = None
     for trigger, firing in to_run:
         ctx = action_types.ActionContext(
-            agent=agent, kommo=integration, facts=facts, lead_id=event.lead_id, depth=depth, trigger_id=trigger.pk
+            agent=agent,
+            kommo=integration,
+            facts=facts,
+            lead_id=event.lead_id,
+            depth=depth,
+            trigger_id=trigger.pk,
+            reference=f"trigger:{trigger.pk}:event:{event.pk}",
         )
         try:
             firing_run(firing, ctx, final=final)

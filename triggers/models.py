@@ -64,9 +64,11 @@ class Trigger(models.Model):
                     continue
                 for sub, msg in event_problems(condition, self.event):
                     errors.setdefault("conditions", []).append(f"{format_loc('conditions', loc + sub)}: {msg}")
-        if self.agent_id and conditions_ok and actions_ok:
+        if self.agent_id and (conditions_ok or actions_ok):
             for column, messages in trigger_problems(
-                agent_id=self.agent_id, conditions=self.conditions, actions=self.actions
+                agent_id=self.agent_id,
+                conditions=self.conditions if conditions_ok else None,
+                actions=self.actions if actions_ok else None,
             ).items():
                 errors.setdefault(column, []).extend(messages)
         if errors:

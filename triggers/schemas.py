@@ -111,7 +111,7 @@ SUBJECTS: dict[str, Subject] = {
     for s in (
         Subject("pipeline", "id", "the lead's pipeline"),
         Subject("status", "stage", "the lead's stage (pipeline and status)"),
-        Subject("previous_status", "previous_stage", "the stage the lead left", LEAD_EVENTS),
+        Subject("previous_status", "previous_stage", "the stage the lead left", LEAD_EVENTS - {"lead_added"}),
         Subject("price", "number", "the lead's price (budget)"),
         Subject("name", "text", "the lead's name"),
         Subject("tags", "tags", "the lead's tags"),
@@ -357,7 +357,7 @@ ACTIONS = Registry()
 
 # action types whose effect on the CRM is the same when done twice (a retried one may be
 # redone after a crash; the others are not repeated, so they happen at most once)
-IDEMPOTENT_ACTIONS = {"change_stage", "update_field", "add_tags", "remove_tags"}
+IDEMPOTENT_ACTIONS = {"change_stage", "update_field", "add_tags", "remove_tags", "start_sequence", "stop_sequence"}
 
 
 @ACTIONS.register("send_message")
@@ -443,7 +443,7 @@ class _TagsAction(Schema):
         seen: set[str] = set()
         for index, tag in enumerate(self.tags):
             if not tag.strip():
-                problems.append((("tags", index), "a tag name is not empty"))
+                problems.append((("tags", index), "a tag name cannot be empty"))
             elif tag.strip().lower() in seen:
                 problems.append((("tags", index), f"{show(tag)} is listed twice"))
             seen.add(tag.strip().lower())
@@ -473,6 +473,22 @@ class AddNoteAction(Schema):
 
     def problems(self) -> list[Problem]:
         return template_problems(self.text, ("text",))
+
+
+@ACTIONS.register("start_sequence")
+class StartSequenceAction(Schema):
+    """Start one of the agent's sequences for the lead (not again while it runs)."""
+
+    type: Literal["start_sequence"]
+    sequence_id: int = Field(ge=1)
+
+
+@ACTIONS.register("stop_sequence")
+class StopSequenceAction(Schema):
+    """Stop the lead's run of a sequence, or of every sequence of the agent."""
+
+    type: Literal["stop_sequence"]
+    sequence_id: int | None = Field(default=None, ge=1)
 
 
 def check_actions(value: Any) -> list[Problem]:

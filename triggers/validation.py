@@ -22,6 +22,16 @@ MESSENGERS = (Integration.Type.TELEGRAM, Integration.Type.WHATSAPP_CLOUD, Integr
 SHOWN_CHOICES = 8
 
 
+def agent_kommo(agent_id: int) -> Integration | None:
+    """The Kommo account an agent's triggers and sequences act on: its first active
+    Kommo integration (the same one the engine and the reply pipeline use)."""
+    return (
+        Integration.objects.filter(agent_id=agent_id, integration_type=Integration.Type.KOMMO, active=True)
+        .order_by("id")
+        .first()
+    )
+
+
 @dataclass
 class CrmCatalogue:
     """Names by id from the agent's CRM snapshot."""
@@ -34,17 +44,9 @@ class CrmCatalogue:
 
     @classmethod
     def for_agent(cls, agent_id: int | None) -> CrmCatalogue | None:
-        if not agent_id:
-            return None
-        snapshot = (
-            CrmSnapshot.objects.filter(
-                integration__agent_id=agent_id,
-                integration__integration_type=Integration.Type.KOMMO,
-                synced_at__isnull=False,
-            )
-            .order_by("-integration__active", "-synced_at")
-            .first()
-        )
+        """Names from the snapshot of the agent's Kommo integration (``agent_kommo``)."""
+        kommo = agent_kommo(agent_id) if agent_id else None
+        snapshot = CrmSnapshot.objects.filter(integration=kommo, synced_at__isnull=False).first() if kommo else None
         if snapshot is None:
             return None
         return cls(
@@ -102,8 +104,10 @@ def _condition_values(value: Any) -> Iterable[tuple[tuple, Any]]:
         yield ("value",), value
 
 
-def _check_conditions(problems: _Problems, crm: CrmCatalogue, conditions: Any, column: str = "conditions") -> None:
-    for loc, condition in walk_conditions(conditions):
+def _check_conditions(
+    problems: _Problems, crm: CrmCatalogue, conditions: Any, column: str = "conditions", prefix: tuple = ()
+) -> None:
+    for loc, condition in walk_conditions(conditions, prefix):
         name = condition.get("field")
         parsed = custom_field_of(str(name))
         if parsed:
@@ -142,6 +146,13 @@ def _check_actions(
                     f"integration {action['integration_id']} is not one of this agent's messengers "
                     f"(its messengers: {', '.join(map(str, messengers)) or 'none'})",
                 )
+        if kind in ("start_sequence", "stop_sequence") and action.get("sequence_id"):
+            from sequences.models import Sequence
+
+            if not Sequence.objects.filter(pk=action["sequence_id"], agent_id=agent_id).exists():
+                problems.add(
+                    column, loc + ("sequence_id",), f"sequence {action['sequence_id']} is not one of this agent's"
+                )
         if crm is None:
             continue
         user = action.get("responsible_user_id")
@@ -156,10 +167,23 @@ def _check_actions(
 
 
 def trigger_problems(*, agent_id: int, conditions: Any, actions: Any) -> dict[str, list[str]]:
-    """Field → messages for what the agent's CRM and integrations do not have."""
+    """Field → messages for what the agent's CRM and integrations do not have; a column
+    given as None (its shape is wrong) is not looked at."""
     problems = _Problems()
     crm = CrmCatalogue.for_agent(agent_id)
-    if crm is not None:
+    if crm is not None and conditions is not None:
         _check_conditions(problems, crm, conditions)
-    _check_actions(problems, crm, agent_id, actions)
+    if actions is not None:
+        _check_actions(problems, crm, agent_id, actions)
+    return problems.by_field
+
+
+def sequence_problems(*, agent_id: int, trigger_config: Any, steps: Any) -> dict[str, list[str]]:
+    """The same checks for a sequence: its start conditions and its steps that name
+    messengers, users, stages or fields."""
+    problems = _Problems()
+    crm = CrmCatalogue.for_agent(agent_id)
+    if crm is not None and isinstance(trigger_config, dict):
+        _check_conditions(problems, crm, trigger_config.get("conditions") or [], "trigger_config", ("conditions",))
+    _check_actions(problems, crm, agent_id, steps, "steps")
     return problems.by_field

@@ -181,6 +181,11 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "OAS_VERSION": "3.1.0",  # pydantic emits JSON Schema 2020-12, which 3.1 uses
+    # several models have a "status"; each gets its own named enum in the schema
+    "ENUM_NAME_OVERRIDES": {
+        "SequenceRunStatusEnum": "sequences.models.SequenceRun.Status",
+        "SequenceStepStatusEnum": "sequences.models.SequenceStep.Status",
+    },
 }
 
 # The address the outside world reaches this server at: webhook and OAuth callback URLs.
@@ -219,7 +224,12 @@ CRM_EVENT_HANDLERS = [
     "agents.handlers.forget_changed_lead",
     "agents.handlers.hand_off_when_the_team_writes",
     "triggers.execution.run_triggers",
+    "sequences.handlers.on_crm_event",
 ]
+# Called (in the worker) with each inbound messenger message before it is answered.
+INBOUND_MESSAGE_HANDLERS = ["sequences.handlers.exit_on_reply"]
+# How often `manage.py worker` hands due sequence steps to the queue.
+SEQUENCE_DISPATCH_SECONDS = env.float("SEQUENCE_DISPATCH_SECONDS", default=1.0)
 
 # --- Encrypted credentials ------------------------------------------------------------
 # "id:base64-32-byte-key" entries, comma-separated, newest first. New ciphertexts use the

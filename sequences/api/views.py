@@ -1,13 +1,24 @@
 from __future__ import annotations
 
-from rest_framework import viewsets
+import django_filters
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
 
-from agents.api.filters import agent_filterset
+from agents.api.filters import AgentFilter, agent_filterset
 from agents.selectors import owned
 
-from ..models import Sequence
+from ..models import Sequence, SequenceRun
+from ..runner import AlreadyRunning, CannotStart, run_cancel, run_pause, run_resume, run_retry, run_start
 from ..services import sequence_create, sequence_update
-from .serializers import SequenceSerializer
+from .serializers import (
+    SequenceRunDetailSerializer,
+    SequenceRunSerializer,
+    SequenceSerializer,
+    StartSerializer,
+)
 
 
 class SequenceViewSet(viewsets.ModelViewSet):
@@ -24,3 +35,96 @@ class SequenceViewSet(viewsets.ModelViewSet):
 
     def perform_update(self, serializer):
         serializer.instance = sequence_update(sequence=serializer.instance, data=serializer.validated_data)
+
+    @extend_schema(
+        request=StartSerializer,
+        responses={
+            201: SequenceRunSerializer,
+            409: OpenApiResponse(description="The lead is in this sequence already; `run` is that run's id."),
+        },
+        description="Start the sequence for a lead. A lead has at most one active run of a sequence.",
+    )
+    @action(detail=True, methods=["post"])
+    def start(self, request, pk=None):
+        sequence = self.get_object()
+        serializer = StartSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            run = run_start(
+                sequence=sequence,
+                lead_id=serializer.validated_data["lead_id"],
+                started_by="api",
+                started_ref=f"user:{request.user.pk}",
+            )
+        except AlreadyRunning as exc:
+            return Response({"detail": str(exc), "run": exc.run.pk}, status=status.HTTP_409_CONFLICT)
+        except CannotStart as exc:
+            raise ValidationError({"detail": [str(exc)]}) from None
+        return Response(SequenceRunSerializer(run).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={200: SequenceRunSerializer(many=True)}, description="The sequence's runs, newest first.")
+    @action(detail=True, methods=["get"])
+    def runs(self, request, pk=None):
+        sequence = self.get_object()
+        runs = SequenceRun.objects.filter(sequence=sequence).select_related("sequence").order_by("-id")
+        runs = RunFilter(request.query_params, queryset=runs).qs
+        page = self.paginate_queryset(runs)
+        return self.get_paginated_response(SequenceRunSerializer(page, many=True).data)
+
+
+class RunFilter(AgentFilter):
+    status = django_filters.ChoiceFilter(choices=SequenceRun.Status.choices)
+    crm_lead_id = django_filters.NumberFilter()
+    sequence = django_filters.NumberFilter(field_name="sequence_id")
+
+    class Meta:
+        model = SequenceRun
+        fields = ["agent", "sequence", "status", "crm_lead_id"]
+
+
+class SequenceRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Runs of the user's sequences; each with its steps' outcomes."""
+
+    filterset_class = RunFilter
+
+    def get_queryset(self):
+        runs = SequenceRun.objects.select_related("sequence").order_by("-id")
+        if self.action == "retrieve":
+            runs = runs.prefetch_related("step_rows")
+        return owned(runs, self.request.user)
+
+    def get_serializer_class(self):
+        return SequenceRunDetailSerializer if self.action != "list" else SequenceRunSerializer
+
+    def _change(self, change, refused: str):
+        run = self.get_object()
+        if not change(run):
+            return Response({"detail": refused.format(status=run.status)}, status=status.HTTP_409_CONFLICT)
+        run.refresh_from_db()
+        return Response(SequenceRunDetailSerializer(run).data)
+
+    @extend_schema(request=None, responses={200: SequenceRunDetailSerializer}, description="Stop the run.")
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        return self._change(lambda run: run_cancel(run, by=f"user {request.user.pk}"), "the run is {status} already")
+
+    @extend_schema(request=None, responses={200: SequenceRunDetailSerializer}, description="Hold the run.")
+    @action(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        return self._change(run_pause, "only a scheduled, running or waiting run can be paused (it is {status})")
+
+    @extend_schema(request=None, responses={200: SequenceRunDetailSerializer}, description="Go on with a held run.")
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        return self._change(run_resume, "only a paused run can be resumed (it is {status})")
+
+    @extend_schema(
+        request=None,
+        responses={200: SequenceRunDetailSerializer},
+        description="Retry a failed run from its failed step.",
+    )
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        return self._change(
+            run_retry, "only a failed run whose lead is in no newer run of the sequence can be retried (it is {status})"
+        )

@@ -260,14 +260,15 @@ def test_the_dry_run_refuses_bad_input_field_by_field(api, agent, kommo, vendors
     trigger = make_trigger(agent)
     vendors.get(f"{CRM}/api/v4/leads/404404", status=404)
 
-    both = api.post(f"/api/triggers/{trigger.id}/test/", {"lead_id": 1, "event": {}}, format="json")
+    both = api.post(f"/api/triggers/{trigger.id}/test/", {"lead_id": 1, "event": {"lead": {"id": 1}}}, format="json")
     neither = api.post(f"/api/triggers/{trigger.id}/test/", {}, format="json")
     missing = api.post(f"/api/triggers/{trigger.id}/test/", {"lead_id": 404404}, format="json")
     unknown_key = api.post(f"/api/triggers/{trigger.id}/test/", {"event": {"lead": {"colour": 1}}}, format="json")
     foreign = other_api.post(f"/api/triggers/{trigger.id}/test/", {"lead_id": 1}, format="json")
 
     assert both.status_code == neither.status_code == 400
-    assert both.json() == {"lead_id": ["give either lead_id or event, not both"]}
+    assert both.json() == {"event": ["with lead_id, only event.text (a message's or note's text) may be given"]}
+    assert neither.json() == {"lead_id": ["give either lead_id or event"]}
     assert (missing.status_code, missing.json()) == (400, {"lead_id": ["lead 404404 is not in the CRM"]})
     assert unknown_key.status_code == 400 and "colour" in json.dumps(unknown_key.json())
     assert foreign.status_code == 404

@@ -63,6 +63,11 @@ class DryRunSerializer(StrictPlainSerializer):
     at = serializers.DateTimeField(required=False, help_text="When the event happens (time-of-day tests); now.")
 
     def validate(self, attrs):
-        if ("lead_id" in attrs) == ("event" in attrs):
-            raise serializers.ValidationError({"lead_id": ["give either lead_id or event, not both"]})
+        event = attrs.get("event")
+        if "lead_id" not in attrs and event is None:
+            raise serializers.ValidationError({"lead_id": ["give either lead_id or event"]})
+        if "lead_id" in attrs and event is not None and set(event) - {"text"}:
+            raise serializers.ValidationError(
+                {"event": ["with lead_id, only event.text (a message's or note's text) may be given"]}
+            )
         return attrs

@@ -1,5 +1,6 @@
 """The quick start: prepare the database and static files, then run the ASGI server
-(uvicorn) and the task worker (django-q2's qcluster) side by side until stopped."""
+(uvicorn) and the task worker (`manage.py worker`: django-q2 and the sequence
+dispatcher) side by side until stopped."""
 from __future__ import annotations
 
 import ctypes
@@ -45,7 +46,8 @@ def _die_with_parent():
 class Command(BaseCommand):
     help = (
         "Quick start: migrate, collect static files, create the 'admin' superuser and the demo data if "
-        "missing, then run the web server (uvicorn, HTTP and WebSockets) and the task worker (qcluster) "
+        "missing, then run the web server (uvicorn, HTTP and WebSockets) and the task worker "
+        "(django-q2 + sequence dispatcher) "
         "until Ctrl+C or SIGTERM."
     )
 
@@ -77,7 +79,8 @@ class Command(BaseCommand):
                     f"  Admin:     {url}/admin/",
                     f"  API docs:  {url}/api/docs/",
                     *(f"  {line}" for line in lines),
-                    "  Worker:    " + ("off (--no-worker)" if no_worker else "django-q2 qcluster"),
+                    "  Worker:    "
+                    + ("off (--no-worker)" if no_worker else "manage.py worker (django-q2 + sequence dispatcher)"),
                     "",
                 ]
             )
@@ -173,7 +176,7 @@ class Command(BaseCommand):
                     "django-q2's forked workers stall with the psycopg pool."
                 )
             manage_py = str(Path(settings.BASE_DIR) / "manage.py")
-            children.append(("worker (qcluster)", [sys.executable, manage_py, "qcluster"], worker_env))
+            children.append(("worker", [sys.executable, manage_py, "worker"], worker_env))
         return children
 
     def run_children(self, *, host: str, port: int, workers: int, with_worker: bool, url: str) -> None:
@@ -240,7 +243,7 @@ class Command(BaseCommand):
                 self.signal_group(process, signal.SIGKILL)
                 process.wait()
             # A child that died abruptly (kill -9, out of memory) leaves its own children
-            # behind (qcluster's sentinel and workers); they share its process group.
+            # behind (the cluster's sentinel and workers); they share its process group.
             self.signal_group(process, signal.SIGTERM)
 
     def signal_group(self, process: subprocess.Popen, signum: int) -> None:

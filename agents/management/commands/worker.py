@@ -1,0 +1,72 @@
+"""`manage.py worker`: django-q2's cluster plus the sequence dispatcher.
+
+The cluster runs the tasks (CRM events, replies, sequence steps). The dispatcher, a
+thread of this process started after the cluster has forked its processes, hands the
+sequence steps that have come due to the queue every SEQUENCE_DISPATCH_SECONDS, so a
+step starts within a second or two of its time; django-q2's own scheduler looks at
+schedules only every 30 seconds. Several workers may run at once: each due step is
+handed over once (sequences/runner.py).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.db import close_old_connections, connection
+
+logger = logging.getLogger(__name__)
+
+
+class Dispatcher(threading.Thread):
+    def __init__(self, interval: float) -> None:
+        super().__init__(name="sequence-dispatcher", daemon=True)
+        self.interval = interval
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        from sequences.runner import dispatch_due
+
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                close_old_connections()
+                dispatch_due()
+            except Exception:  # the database restarting, say: try again next round
+                logger.exception("sequences.dispatcher.error")
+                connection.close()
+            self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
+        connection.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+class Command(BaseCommand):
+    help = "Run the task worker: django-q2's cluster and the sequence dispatcher, until stopped."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--no-dispatcher",
+            action="store_true",
+            help="Only the cluster (due sequence steps are then queued by the minute schedule).",
+        )
+
+    def handle(self, *args, no_dispatcher: bool = False, **options):
+        from django_q.cluster import Cluster
+
+        cluster = Cluster()
+        cluster.start()  # forks the sentinel and the workers; returns once they run
+        dispatcher = None
+        if not no_dispatcher:
+            dispatcher = Dispatcher(settings.SEQUENCE_DISPATCH_SECONDS)
+            dispatcher.start()
+        try:
+            while cluster.sentinel is not None and cluster.sentinel.is_alive():
+                time.sleep(0.5)  # SIGTERM/SIGINT: the cluster's handler stops the sentinel
+        finally:
+            if dispatcher is not None:
+                dispatcher.stop()
+                dispatcher.join(timeout=5)

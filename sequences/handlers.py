@@ -1,0 +1,111 @@
+"""Sequence starts and exits driven by what happens to a lead (CRM events in
+settings.CRM_EVENT_HANDLERS, messenger replies in settings.INBOUND_MESSAGE_HANDLERS)."""
+from __future__ import annotations
+
+import logging
+
+from agents.models import Agent, ConversationMessage, ExecutionLog
+from crm.models import CrmEvent
+from integrations.models import Integration
+from triggers.engine import _equal, evaluate, first_failure, lead_from_webhook, lead_values
+from triggers.execution import event_facts, remember_state
+from triggers.schemas import KIND_EVENTS
+
+from .models import ACTIVE_RUN_STATUSES, Sequence, SequenceRun
+from .runner import AlreadyRunning, CannotStart, run_exit, run_start
+from .schemas import exit_rules_of
+
+logger = logging.getLogger(__name__)
+
+
+def on_crm_event(event: CrmEvent) -> None:
+    """Exit the lead's runs whose rules say so, then start the sequences whose
+    trigger_config matches the event (each at most once per event)."""
+    integration = event.integration
+    if integration.integration_type != Integration.Type.KOMMO:
+        return
+    if event.lead_id:
+        _exit_on_event(event)
+    _start_on_event(event)
+
+
+def _exit_on_event(event: CrmEvent) -> None:
+    runs = list(
+        SequenceRun.objects.filter(
+            agent_id=event.integration.agent_id, crm_lead_id=event.lead_id, status__in=ACTIVE_RUN_STATUSES
+        ).select_related("sequence")
+    )
+    if not runs:
+        return
+    stage = None
+    if event.kind in ("lead_status_changed", "lead_updated", "lead_added") and isinstance(event.data, dict):
+        stage = (lead_values(lead_from_webhook(event.data)).get("status") or [None])[0]
+    for run in runs:
+        rules = exit_rules_of(run.sequence.exit_rules)
+        if event.kind == CrmEvent.Kind.INCOMING_MESSAGE and rules.on_reply:
+            run_exit(run, "the lead replied (in a Kommo chat)")
+        elif stage and any(_equal(stage, rule, "stage") for rule in rules.on_stages):
+            run_exit(run, f"the lead moved to status {stage[1]} (pipeline {stage[0]})")
+
+
+def _start_on_event(event: CrmEvent) -> None:
+    name = KIND_EVENTS.get(event.kind)
+    if name is None or not event.lead_id:
+        return
+    sequences = list(
+        Sequence.objects.filter(agent_id=event.integration.agent_id, active=True, trigger_config__event=name)
+    )
+    if not sequences:
+        return
+    agent = Agent.objects.get(pk=event.integration.agent_id)
+    if not agent.active:
+        return
+    facts = event_facts(event, agent, remember_state(event))
+    ref = f"event:{event.pk}"
+    for sequence in sequences:
+        if SequenceRun.objects.filter(sequence=sequence, started_ref=ref).exists():
+            continue  # this event started it already (a retry, a redelivery)
+        result = evaluate(sequence.trigger_config.get("conditions") or [], facts)
+        if not result.passed:
+            if event.attempts:  # a retry of the event logged its skips already
+                continue
+            failed = first_failure(result)
+            ExecutionLog.objects.create(
+                agent=agent,
+                kind=ExecutionLog.Kind.SEQUENCE,
+                status=ExecutionLog.Status.SKIPPED,
+                ref_type="sequence",
+                ref_id=sequence.pk,
+                crm_lead_id=event.lead_id,
+                detail={"event_id": event.pk, "event": name, "reason": failed.reason if failed else result.reason},
+            )
+            continue
+        try:
+            run_start(
+                sequence=sequence, lead_id=event.lead_id, started_by="event", started_ref=ref,
+                integration=event.integration,
+            )
+        except (AlreadyRunning, CannotStart) as exc:
+            ExecutionLog.objects.create(
+                agent=agent,
+                kind=ExecutionLog.Kind.SEQUENCE,
+                status=ExecutionLog.Status.SKIPPED,
+                ref_type="sequence",
+                ref_id=sequence.pk,
+                crm_lead_id=event.lead_id,
+                detail={"event_id": event.pk, "event": name, "reason": str(exc)},
+            )
+
+
+def exit_on_reply(message: ConversationMessage) -> None:
+    """The lead wrote in a messenger: its runs with the "replied" rule end."""
+    conversation = message.conversation
+    inbound = message.direction == ConversationMessage.Direction.INBOUND
+    if conversation.is_test or not conversation.crm_lead_id or not inbound:
+        return
+    runs = SequenceRun.objects.filter(
+        agent_id=conversation.agent_id, crm_lead_id=conversation.crm_lead_id, status__in=ACTIVE_RUN_STATUSES
+    ).select_related("sequence")
+    for run in runs:
+        if exit_rules_of(run.sequence.exit_rules).on_reply and run.created_at < message.created_at:
+            run_exit(run, "the lead replied")
