@@ -65,8 +65,20 @@ RUN_STEP_TASK = "sequences.tasks.run_step"
 MAX_ATTEMPTS = 5
 RETRY_BASE_SECONDS = 30
 RETRY_FACTOR = 4
-STEP_TIMEOUT = timedelta(minutes=10)  # longer than any step (an AI call with its retries)
-REQUEUE_AFTER = timedelta(minutes=2)  # a step handed to the queue and not started by then is handed again
+STEP_TIMEOUT = timedelta(minutes=10)  # default; longer than any step (an AI call with its retries)
+REQUEUE_AFTER = timedelta(minutes=2)  # default; a step queued and not started by then is queued again
+
+
+def step_timeout() -> timedelta:
+    """SEQUENCE_STEP_TIMEOUT_SECONDS: a step "running" longer was interrupted."""
+    seconds = getattr(settings, "SEQUENCE_STEP_TIMEOUT_SECONDS", None)
+    return timedelta(seconds=seconds) if seconds else STEP_TIMEOUT
+
+
+def requeue_after() -> timedelta:
+    """SEQUENCE_REQUEUE_SECONDS: a step queued and not started by then is queued again."""
+    seconds = getattr(settings, "SEQUENCE_REQUEUE_SECONDS", None)
+    return timedelta(seconds=seconds) if seconds else REQUEUE_AFTER
 INLINE_STEPS = 20  # steps one task may run back to back when they are due at once
 ERROR_MAX_CHARS = 1000
 
@@ -574,7 +586,7 @@ def dispatch_due(*, now: datetime | None = None, limit: int = 500) -> int:
         due = list(
             SequenceStep.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(status__in=CLAIMABLE, due_at__lte=now, run__status__in=LIVE_RUN)
-            .filter(Q(queued_at__isnull=True) | Q(queued_at__lt=now - REQUEUE_AFTER))
+            .filter(Q(queued_at__isnull=True) | Q(queued_at__lt=now - requeue_after()))
             .order_by("due_at")
             .values_list("id", flat=True)[:limit]
         )
@@ -588,10 +600,11 @@ def dispatch_due(*, now: datetime | None = None, limit: int = 500) -> int:
 
 
 def recover_stuck(*, now: datetime | None = None) -> int:
-    """Steps left "running" by a worker that died: done again, found done, or failed."""
+    """Steps left "running" by a worker that died (SEQUENCE_STEP_TIMEOUT_SECONDS ago):
+    done again, found done, or failed."""
     now = now or timezone.now()
     stuck = list(
-        SequenceStep.objects.filter(status=StepStatus.RUNNING, claimed_at__lt=now - STEP_TIMEOUT)
+        SequenceStep.objects.filter(status=StepStatus.RUNNING, claimed_at__lt=now - step_timeout())
         .select_related("run__integration")
         .order_by("claimed_at")[:100]
     )

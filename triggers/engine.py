@@ -371,13 +371,14 @@ def test(condition: Mapping[str, Any], facts: Facts, path: str) -> Result:
         return Result(passed=False, reason=f"{name} {operator} is not a known test", **common)
     kind = subject.kind
     label = subject.label[0].upper() + subject.label[1:]
+    be = "are" if kind == "tags" else "is"
     current = facts.values(name)
     seen = show_values(current, kind)
     if current is UNKNOWN:
         why = "this event does not tell it" if subject.events is None else "not part of this event"
         if subject.name == "previous_status":
             why = "the previous stage is not known (the first event seen for this lead)"
-        return Result(passed=False, reason=f"{label} is unknown: {why}", seen=seen, **common)
+        return Result(passed=False, reason=f"{label} {be} unknown: {why}", seen=seen, **common)
     if operator in CHANGE_OPERATORS:
         before = facts.previous_values(name)
         if before is UNKNOWN:
@@ -401,7 +402,7 @@ def test(condition: Mapping[str, Any], facts: Facts, path: str) -> Result:
     if operator == "is_empty" or operator == "is_not_empty":
         empty = not [v for v in current if str(v).strip()]
         ok = empty if operator == "is_empty" else not empty
-        return Result(passed=ok, reason=f"{label} is {seen}", seen=seen, **common)
+        return Result(passed=ok, reason=f"{label} {be} {seen}", seen=seen, **common)
     phrase = f"{_PHRASES[operator]} {show_expected(expected, kind)}"
     if operator in ("gt", "gte", "lt", "lte"):
         ok, problem = _order(current, operator, expected, kind)
@@ -423,13 +424,13 @@ def test(condition: Mapping[str, Any], facts: Facts, path: str) -> Result:
         else:
             ok = any(_text(expected) in _text(value) for value in current)
     if ok:
-        return Result(passed=True, reason=f"{label} is {seen}: {phrase}", seen=seen, **common)
+        return Result(passed=True, reason=f"{label} {be} {seen}: {phrase}", seen=seen, **common)
     if operator == "not_equals":
-        return Result(passed=False, reason=f"{label} is {seen}, which it must not be", seen=seen, **common)
+        return Result(passed=False, reason=f"{label} {be} {seen}, which it must not be", seen=seen, **common)
     if operator == "not_in":
         listed = show_expected(expected, kind)
-        return Result(passed=False, reason=f"{label} is {seen}, which is in {listed}", seen=seen, **common)
-    return Result(passed=False, reason=f"{label} is {seen}, not {phrase}", seen=seen, **common)
+        return Result(passed=False, reason=f"{label} {be} {seen}, which is in {listed}", seen=seen, **common)
+    return Result(passed=False, reason=f"{label} {be} {seen}, not {phrase}", seen=seen, **common)
 
 
 def evaluate(conditions: Sequence[Any], facts: Facts, *, explain_all: bool = False, path: str = "conditions") -> Result:

@@ -230,6 +230,11 @@ CRM_EVENT_HANDLERS = [
 INBOUND_MESSAGE_HANDLERS = ["sequences.handlers.exit_on_reply"]
 # How often `manage.py worker` hands due sequence steps to the queue.
 SEQUENCE_DISPATCH_SECONDS = env.float("SEQUENCE_DISPATCH_SECONDS", default=1.0)
+# A step "running" longer than this was interrupted (a worker killed): it is recovered.
+# Longer than any step can take: an AI call with its retries, the CRM's rate limit.
+SEQUENCE_STEP_TIMEOUT_SECONDS = env.int("SEQUENCE_STEP_TIMEOUT_SECONDS", default=600)
+# A due step handed to the queue and not started within this is handed over again.
+SEQUENCE_REQUEUE_SECONDS = env.int("SEQUENCE_REQUEUE_SECONDS", default=120)
 
 # --- Encrypted credentials ------------------------------------------------------------
 # "id:base64-32-byte-key" entries, comma-separated, newest first. New ciphertexts use the

@@ -382,7 +382,7 @@ def test_the_live_event_reaches_the_owner_only(agent, kommo, clock, other_user):
 
 def _stuck(run, index: int, clock) -> SequenceStep:
     SequenceStep.objects.filter(run=run, index=index).update(
-        status="running", claimed_at=clock.now - runner.STEP_TIMEOUT - timedelta(seconds=1), attempts=1
+        status="running", claimed_at=clock.now - runner.step_timeout() - timedelta(seconds=1), attempts=1
     )
     SequenceRun.objects.filter(pk=run.pk).update(status="running", current_step=index)
     return SequenceStep.objects.get(run=run, index=index)

@@ -292,7 +292,7 @@ def test_a_sample_event_is_explained_test_by_test(staff_client, my_agent):
     assert response.status_code == 200
     assert "Matched" in shown and "Not matched" not in shown
     assert "The lead's price (budget) changed from 100 to 500" in shown
-    assert "conditions[1].any[0]" in shown and "The lead's tags is 'hot', not containing 'vip'" in shown
+    assert "conditions[1].any[0]" in shown and "The lead's tags are 'hot', not containing 'vip'" in shown
     assert "'10:15'" in shown  # the time typed is the agent's local time
     assert "Asia/Tokyo" in shown
     assert "Price now 500 for Ann" in shown

@@ -633,7 +633,7 @@ def test_an_any_group_stops_at_the_first_test_that_holds():
 
     assert [child.path for child in quick.children[0].children] == ["conditions[0].any[0]", "conditions[0].any[1]"]
     assert len(full.children[0].children) == 3
-    assert quick.children[0].reason == "The lead's tags is 'VIP', 'website': containing 'vip'"
+    assert quick.children[0].reason == "The lead's tags are 'VIP', 'website': containing 'vip'"
 
 
 def test_first_failure_is_the_failing_test_with_what_it_saw():

@@ -129,7 +129,7 @@ def test_why_a_trigger_did_not_fire_for_a_lead_is_in_the_api(agent, kommo, crm_a
 
     (entry,) = response.json()["results"]
     assert entry["status"] == "skipped"
-    assert entry["detail"]["reason"] == "The lead's tags is empty, not containing 'vip'"
+    assert entry["detail"]["reason"] == "The lead's tags are empty, not containing 'vip'"
 
 
 def test_only_the_agents_triggers_for_the_event_kind_are_read(agent, kommo, crm_api, django_assert_num_queries):
