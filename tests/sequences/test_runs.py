@@ -493,3 +493,80 @@ def test_a_plain_delay_counts_calendar_time(agent):
     agent.schedule = MOSCOW_WEEKDAYS
 
     assert runner.delay_until({"days": 2}, agent, T0) == T0 + timedelta(days=2)
+
+
+def test_every_step_kind_in_one_run(agent, kommo, chat, vendors, clock, monkeypatch):
+    monkeypatch.setattr(
+        actions.ai,
+        "complete",
+        lambda model_spec, system, messages, **kw: Completion(
+            text="Written for you", provider="openai", model="m", input_tokens=3, output_tokens=2, latency_ms=5
+        ),
+    )
+    sequence = make_sequence(
+        agent,
+        trigger_config={},
+        steps=[
+            {"type": "generate_message", "instruction": "Remind them of the offer"},
+            {"type": "send_message", "use_generated": True},
+            {"type": "change_stage", "pipeline_id": 6213074, "status_id": 48293916},
+            {"type": "add_note", "text": "Follow-up sent to {{lead.name}}"},
+            {"type": "create_task", "text": "Call", "responsible_user_id": 42},
+        ],
+    )
+    run = start(sequence)
+
+    step_run(first_step(run).pk)  # every step is due at once: one task does them all
+
+    run.refresh_from_db()
+    assert run.status == "done" and run.context == {"generated": "Written for you"}
+    assert [s for _, s in steps_of(run)] == ["done"] * 5
+    (sent,) = calls(vendors, "/sendMessage")
+    assert json.loads(sent.request.body)["text"] == "Written for you"
+    (patch,) = calls(vendors, f"/leads/{LEAD}", "PATCH")
+    assert json.loads(patch.request.body) == {"pipeline_id": 6213074, "status_id": 48293916}
+    (note,) = calls(vendors, "/notes")
+    assert json.loads(note.request.body)[0]["params"]["text"] == "Follow-up sent to Заявка"
+    (task,) = calls(vendors, "/api/v4/tasks")
+    assert json.loads(task.request.body)[0]["responsible_user_id"] == 42
+    assert SequenceStep.objects.get(run=run, index=0).output["output_tokens"] == 2
+
+
+def test_a_reply_in_the_messenger_ends_the_run_when_the_worker_takes_it(agent, kommo, chat, clock, monkeypatch):
+    from agents import pipeline
+
+    sequence = make_sequence(agent, trigger_config={}, steps=THREE_STEPS)
+    run = start(sequence)
+    clock.advance(minutes=5)
+    message = ConversationMessage.objects.create(
+        conversation=chat, direction="in", author="lead", text="Thanks, not now", status="received"
+    )
+    monkeypatch.setattr(pipeline, "_reply", lambda message: ("skipped", "not answered in this test"))
+
+    pipeline.message_reply(message_id=message.pk)
+
+    run.refresh_from_db()
+    assert run.status == "exited" and run.exit_reason == "the lead replied"
+
+
+def test_a_staff_test_chat_does_not_end_a_real_run(agent, kommo, clock):
+    from agents.pipeline import test_chat_send
+
+    sequence = make_sequence(agent, trigger_config={}, steps=THREE_STEPS)
+    run = start(sequence)
+    clock.advance(minutes=5)
+
+    with pytest.MonkeyPatch.context() as patch:
+        answer = Completion(text="ok", provider="openai", model="m", input_tokens=1, output_tokens=1, latency_ms=1)
+        patch.setattr("agents.pipeline.ai.complete", lambda **kw: answer)
+        patch.setattr("agents.pipeline._lead_context", lambda kommo, conversation: pipeline_context())
+        test_chat_send(agent=agent, chat_id="staff", sender_name="Staff", text="hello", crm_lead_id=LEAD)
+
+    run.refresh_from_db()
+    assert run.status == "scheduled"
+
+
+def pipeline_context():
+    from agents.pipeline import LeadContext
+
+    return LeadContext(None, None)

@@ -486,3 +486,18 @@ def test_update_field_and_tags_are_sent_as_kommo_expects(agent, kommo, crm_api):
         {"price": 99},
         {"tags_to_delete": [{"name": "cold"}]},
     ]
+
+
+def test_change_stage_is_sent_as_kommo_expects_and_recorded_as_the_triggers_own(agent, kommo, crm_api):
+    from triggers.models import OwnChange
+
+    move = [{"type": "change_stage", "pipeline_id": PIPELINE, "status_id": WON}]
+    trigger = make_trigger(agent, event="lead_added", conditions=[], actions=move)
+
+    run(kommo, lead_form("add"))
+
+    (patch,) = calls(crm_api, f"/leads/{LEAD}", "PATCH")
+    assert json.loads(patch.request.body) == {"pipeline_id": PIPELINE, "status_id": WON}
+    change = OwnChange.objects.get()
+    assert (change.crm_lead_id, change.trigger_id, change.depth) == (LEAD, trigger.id, 1)
+    assert change.expect == {"status": [[PIPELINE, WON]]}
