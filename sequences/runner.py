@@ -582,13 +582,18 @@ def dispatch_due(*, now: datetime | None = None, limit: int = 500) -> int:
     steps stuck "running" past STEP_TIMEOUT. Returns how many were queued."""
     now = now or timezone.now()
     recovered = recover_stuck(now=now)
+    due_steps = (
+        SequenceStep.objects.filter(status__in=CLAIMABLE, due_at__lte=now, run__status__in=LIVE_RUN)
+        .filter(Q(queued_at__isnull=True) | Q(queued_at__lt=now - requeue_after()))
+        .order_by("due_at")
+    )
+    if not due_steps.exists():  # the usual case: no write transaction (SQLite takes its lock for one)
+        if recovered:
+            logger.info("sequences.dispatched", extra={"steps": 0, "recovered": recovered})
+        return 0
     with transaction.atomic():
         due = list(
-            SequenceStep.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status__in=CLAIMABLE, due_at__lte=now, run__status__in=LIVE_RUN)
-            .filter(Q(queued_at__isnull=True) | Q(queued_at__lt=now - requeue_after()))
-            .order_by("due_at")
-            .values_list("id", flat=True)[:limit]
+            due_steps.select_for_update(skip_locked=True, of=("self",)).values_list("id", flat=True)[:limit]
         )
         if due:
             SequenceStep.objects.filter(id__in=due).update(queued_at=now)
