@@ -370,7 +370,7 @@ class TriggerInline(AgentPartInline, admin.StackedInline):
 class SequenceInline(AgentPartInline, admin.StackedInline):
     model = Sequence
     formset = SequenceFormSet
-    fields = ["name", "active", "description", "trigger_config", "steps"]
+    fields = ["name", "active", "description", "trigger_config", "steps", "exit_rules"]
     show_change_link = True
 
 

@@ -131,6 +131,8 @@ def run_start(
     if not sequence.steps:
         raise CannotStart(f"sequence “{sequence.name}” has no steps")
     integration = integration or _kommo_of(sequence.agent_id)
+    if integration is None:
+        raise CannotStart(f"the agent of “{sequence.name}” has no active Kommo integration: its leads are in the CRM")
     now = timezone.now()
     try:
         with transaction.atomic():
@@ -222,24 +224,33 @@ def run_resume(run: SequenceRun) -> bool:
 def run_retry(run: SequenceRun) -> bool:
     """A failed run starts again from its failed step (attempts counted afresh)."""
     now = timezone.now()
-    with transaction.atomic():
-        step = SequenceStep.objects.filter(run=run, status=StepStatus.FAILED).order_by("index").first()
-        if step is None or run.status != RunStatus.FAILED:
-            return False
-        if SequenceRun.objects.filter(
-            sequence_id=run.sequence_id, crm_lead_id=run.crm_lead_id, status__in=ACTIVE_RUN_STATUSES
-        ).exists():
-            return False  # the lead is in a newer run of the sequence
-        SequenceStep.objects.filter(pk=step.pk).update(
-            status=StepStatus.SCHEDULED, due_at=now, attempts=0, error="", finished_at=None, queued_at=now
-        )
-        SequenceRun.objects.filter(pk=run.pk).update(
-            status=RunStatus.SCHEDULED, current_step=step.index, next_due_at=now, error="", finished_at=None
-        )
-        run.status, run.current_step, run.next_due_at, run.error = RunStatus.SCHEDULED, step.index, now, ""
-        _record(run, "retried", detail={"step": step.index})
-        transaction.on_commit(lambda: async_task(RUN_STEP_TASK, step.pk, save=False))
+    try:
+        with transaction.atomic():
+            # the row lock makes two retries at once (two clicks, admin and API) one
+            current = SequenceRun.objects.select_for_update().filter(pk=run.pk).values_list("status", flat=True)
+            step = SequenceStep.objects.filter(run=run, status=StepStatus.FAILED).order_by("index").first()
+            if step is None or current.first() != RunStatus.FAILED:
+                return False
+            if SequenceRun.objects.filter(
+                sequence_id=run.sequence_id, crm_lead_id=run.crm_lead_id, status__in=ACTIVE_RUN_STATUSES
+            ).exists():
+                return False  # the lead is in a newer run of the sequence
+            SequenceStep.objects.filter(pk=step.pk, status=StepStatus.FAILED).update(
+                status=StepStatus.SCHEDULED, due_at=now, attempts=0, error="", finished_at=None, queued_at=now
+            )
+            SequenceRun.objects.filter(pk=run.pk, status=RunStatus.FAILED).update(
+                status=RunStatus.SCHEDULED, current_step=step.index, next_due_at=now, error="", finished_at=None
+            )
+            _retried(run, step, now)
+    except IntegrityError:  # a newer run of the lead started at that moment
+        return False
     return True
+
+
+def _retried(run: SequenceRun, step: SequenceStep, now: datetime) -> None:
+    run.status, run.current_step, run.next_due_at, run.error = RunStatus.SCHEDULED, step.index, now, ""
+    _record(run, "retried", detail={"step": step.index})
+    transaction.on_commit(lambda: async_task(RUN_STEP_TASK, step.pk, save=False))
 
 
 # --- logging and live events ---------------------------------------------------------------
@@ -455,7 +466,8 @@ def _execute(step: SequenceStep, run: SequenceRun, agent: Agent, was_waiting: bo
         retry_after = getattr(exc, "retry_after", None)
         return Outcome("retry", {}, _error(exc), due_at=timezone.now() + _backoff(step.attempts, retry_after))
     except (StepFailed, PermanentError) as exc:
-        return Outcome("failed", {}, str(exc) if isinstance(exc, StepFailed) else _error(exc))
+        plain = isinstance(exc, StepFailed | crm_actions.ActionFailed)  # our own words: no class name
+        return Outcome("failed", {}, str(exc) if plain else _error(exc))
     except IntegrationError as exc:  # credentials refused
         return Outcome("failed", {}, f"the CRM or channel refused the credentials ({_error(exc)}); reconnect it")
 
@@ -624,6 +636,12 @@ def recover_stuck(*, now: datetime | None = None) -> int:
 def _recover(step: SequenceStep, now: datetime) -> None:
     run = step.run
     kind = step.type
+    if run.status not in ACTIVE_RUN_STATUSES:  # the run ended while the step ran
+        ended = StepStatus.EXITED if run.status == RunStatus.EXITED else StepStatus.CANCELLED
+        SequenceStep.objects.filter(pk=step.pk, status=StepStatus.RUNNING).update(
+            status=ended, finished_at=now, error="interrupted after its run had ended"
+        )
+        return
     found: dict[str, Any] | None = None
     if kind in ("create_task", "add_note") and run.integration is not None:
         found = _find_in_crm(step, run)

@@ -55,6 +55,8 @@ class ActionContext:
     # -- the CRM --------------------------------------------------------------------------
 
     def crm(self, operation: Callable[[Any], Any]) -> Any:
+        if self.kommo is None:
+            raise ActionFailed("the agent has no active Kommo integration")
         return crm.call(self.kommo, operation, max_wait=CRM_WAIT_SECONDS)
 
     def own_change(self, kinds: list[str], expect: Mapping[str, Any]) -> None:

@@ -570,3 +570,38 @@ def pipeline_context():
     from agents.pipeline import LeadContext
 
     return LeadContext(None, None)
+
+
+def test_a_sequence_does_not_start_without_the_agents_crm(agent, clock, api):
+    sequence = make_sequence(agent, trigger_config={}, steps=THREE_STEPS)
+
+    with pytest.raises(runner.CannotStart) as refused:
+        start(sequence)
+    response = api.post(f"/api/sequences/{sequence.pk}/start/", {"lead_id": LEAD}, format="json")
+
+    assert "no active Kommo integration" in str(refused.value)
+    assert response.status_code == 400 and "no active Kommo integration" in response.json()["detail"][0]
+
+
+def test_a_step_interrupted_after_its_run_was_cancelled_stays_ended(agent, kommo, clock):
+    sequence = make_sequence(agent, trigger_config={}, steps=[{"type": "create_task", "text": "Call"}])
+    run = start(sequence)
+    _stuck(run, 0, clock)
+    SequenceRun.objects.filter(pk=run.pk).update(status="cancelled")
+
+    recover_stuck()
+
+    assert first_step(run).status == "cancelled" and dispatch_due() == 0
+
+
+def test_retrying_twice_runs_the_step_once(agent, kommo, vendors, clock):
+    sequence = make_sequence(agent, trigger_config={}, steps=[{"type": "create_task", "text": "Call"}])
+    vendors.replace(responses.POST, f"{CRM}/api/v4/tasks", status=400, json={"title": "Bad Request"})
+    run = start(sequence)
+    step_run(first_step(run).pk)
+    run.refresh_from_db()
+    assert run.status == "failed"
+    stale_copy = SequenceRun.objects.get(pk=run.pk)
+
+    assert runner.run_retry(run) is True
+    assert runner.run_retry(stale_copy) is False  # the second click sees the run is no longer failed
