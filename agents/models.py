@@ -236,6 +236,7 @@ class ConversationMessage(models.Model):
         ANSWERED = "answered"  # inbound, a reply was sent
         SKIPPED = "skipped"  # inbound, deliberately not answered (handoff, outside hours…): see error
         FAILED = "failed"  # after the last attempt: see error; can be retried from the admin
+        SENDING = "sending"  # outbound, handed to the channel, its answer not recorded yet
         SENT = "sent"  # outbound
         NOT_SENT = "not_sent"  # outbound that the channel refused: see error
 
@@ -243,6 +244,11 @@ class ConversationMessage(models.Model):
     direction = models.CharField(max_length=3, choices=Direction.choices)
     author = models.CharField(max_length=10, choices=Author.choices)
     external_id = models.CharField(max_length=120, blank=True, help_text="The channel's id of the message.")
+    key = models.CharField(
+        max_length=80,
+        blank=True,
+        help_text="Outbound messages of triggers and sequences: the action or step that sent it (one message each).",
+    )
     text = models.TextField(blank=True)
     status = models.CharField(max_length=12, choices=Status.choices)
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -266,7 +272,9 @@ class ConversationMessage(models.Model):
                 fields=["conversation", "external_id"],
                 condition=models.Q(direction="in") & ~models.Q(external_id=""),
                 name="inbound_message_once",
-            )
+            ),
+            # a trigger action or sequence step writes at most one message
+            models.UniqueConstraint(fields=["key"], condition=~models.Q(key=""), name="outbound_message_once_per_key"),
         ]
         indexes = [
             models.Index(fields=["conversation", "-id"], name="message_conversation_recent"),

@@ -238,6 +238,14 @@ def run_retry(run: SequenceRun) -> bool:
             SequenceStep.objects.filter(pk=step.pk, status=StepStatus.FAILED).update(
                 status=StepStatus.SCHEDULED, due_at=now, attempts=0, error="", finished_at=None, queued_at=now
             )
+            # a message whose send was interrupted: staff decided it did not arrive
+            ConversationMessage.objects.filter(
+                key=step.idempotency_key, status=ConversationMessage.Status.SENDING
+            ).update(
+                status=ConversationMessage.Status.NOT_SENT,
+                key="",
+                error="its send was interrupted; the run was retried, so it is sent again",
+            )
             SequenceRun.objects.filter(pk=run.pk, status=RunStatus.FAILED).update(
                 status=RunStatus.SCHEDULED, current_step=step.index, next_due_at=now, error="", finished_at=None
             )
@@ -453,7 +461,7 @@ def _execute(step: SequenceStep, run: SequenceRun, agent: Agent, was_waiting: bo
             reason = exit_reason(run)  # a reply may have come while the text was being written
             if reason:
                 return Outcome("exited", {}, reason)
-            return Outcome("done", crm_actions.deliver(chat, text))
+            return Outcome("done", crm_actions.deliver(chat, text, key=step.idempotency_key))
         if kind in crm_actions.HANDLERS:
             return Outcome("done", crm_actions.HANDLERS[kind](spec, ctx))
         raise StepFailed(f"unknown step type {kind!r}")
@@ -521,17 +529,21 @@ def _closing(schedule, opened: datetime) -> datetime:
 
 
 def _finish(step: SequenceStep, run: SequenceRun, outcome: Outcome) -> int | None:
+    """Record a step's outcome and move the run on; returns the next step's id when it is
+    due now. Only the holder of the step's claim may: a worker that took longer than
+    SEQUENCE_STEP_TIMEOUT_SECONDS finds its step recovered by another one, and its late
+    result is dropped rather than moving the run on a second time."""
     now = timezone.now()
     with transaction.atomic():
         live = SequenceRun.objects.select_for_update().filter(pk=run.pk).values_list("status", flat=True).first()
+        mine = SequenceStep.objects.filter(pk=step.pk, status=StepStatus.RUNNING, claimed_at=step.claimed_at)
         if outcome.status == "exited":
-            SequenceStep.objects.filter(pk=step.pk).update(status=StepStatus.EXITED, finished_at=now)
-            run_exit(run, outcome.error)
+            if mine.update(status=StepStatus.EXITED, finished_at=now):
+                run_exit(run, outcome.error)
             return None
         if outcome.status == "waiting":
-            SequenceStep.objects.filter(pk=step.pk).update(
-                status=StepStatus.WAITING, due_at=outcome.due_at, output=outcome.output
-            )
+            if not mine.update(status=StepStatus.WAITING, due_at=outcome.due_at, output=outcome.output):
+                return _claim_lost(step)
             step.status = StepStatus.WAITING
             if live in LIVE_RUN:
                 SequenceRun.objects.filter(pk=run.pk).update(status=RunStatus.WAITING, next_due_at=outcome.due_at)
@@ -539,9 +551,8 @@ def _finish(step: SequenceStep, run: SequenceRun, outcome: Outcome) -> int | Non
             _record(run, "waiting", step=step, detail={"wake_at": outcome.output.get("wake_at")})
             return None
         if outcome.status == "retry" and step.attempts < MAX_ATTEMPTS:
-            SequenceStep.objects.filter(pk=step.pk).update(
-                status=StepStatus.SCHEDULED, due_at=outcome.due_at, error=outcome.error
-            )
+            if not mine.update(status=StepStatus.SCHEDULED, due_at=outcome.due_at, error=outcome.error):
+                return _claim_lost(step)
             step.status = StepStatus.SCHEDULED
             if live in LIVE_RUN:
                 SequenceRun.objects.filter(pk=run.pk).update(status=RunStatus.SCHEDULED, next_due_at=outcome.due_at)
@@ -552,20 +563,21 @@ def _finish(step: SequenceStep, run: SequenceRun, outcome: Outcome) -> int | Non
             error = outcome.error
             if outcome.status == "retry":
                 error = f"gave up after {step.attempts} attempts: {error}"
-            SequenceStep.objects.filter(pk=step.pk).update(status=StepStatus.FAILED, error=error, finished_at=now)
+            if not mine.update(status=StepStatus.FAILED, error=error, finished_at=now):
+                return _claim_lost(step)
             step.status = StepStatus.FAILED
             _record(run, "step_failed", step=step, error=error)
             _end(run, RunStatus.FAILED, error=f"step {step.index} ({step.type}): {error}")
             return None
         # done
-        SequenceStep.objects.filter(pk=step.pk).update(
-            status=StepStatus.DONE, output=outcome.output, error="", finished_at=now
-        )
+        if not mine.update(status=StepStatus.DONE, output=outcome.output, error="", finished_at=now):
+            return _claim_lost(step)
         step.status = StepStatus.DONE
         nxt = SequenceStep.objects.filter(run=run, index=step.index + 1).first()
+        pending = SequenceStep.objects.filter(pk=nxt.pk, status=StepStatus.PENDING) if nxt else None
         if live == RunStatus.PAUSED and nxt is not None:
             # paused while the step ran: the next step waits, due now, for the resume
-            SequenceStep.objects.filter(pk=nxt.pk).update(status=StepStatus.SCHEDULED, due_at=now)
+            pending.update(status=StepStatus.SCHEDULED, due_at=now)
             SequenceRun.objects.filter(pk=run.pk).update(current_step=nxt.index, next_due_at=now)
             _record(run, "step_done", step=step)
             return None
@@ -577,13 +589,19 @@ def _finish(step: SequenceStep, run: SequenceRun, outcome: Outcome) -> int | Non
             _record(run, "step_done", step=step)
             _end(run, RunStatus.DONE)
             return None
-        SequenceStep.objects.filter(pk=nxt.pk).update(status=StepStatus.SCHEDULED, due_at=now, queued_at=now)
+        if not pending.update(status=StepStatus.SCHEDULED, due_at=now, queued_at=now):
+            return _claim_lost(nxt)
         SequenceRun.objects.filter(pk=run.pk).update(
             status=RunStatus.SCHEDULED, current_step=nxt.index, next_due_at=now
         )
         run.status, run.current_step, run.next_due_at = RunStatus.SCHEDULED, nxt.index, now
         _record(run, "step_done", step=step)
     return nxt.pk
+
+
+def _claim_lost(step: SequenceStep) -> None:
+    logger.warning("sequences.step.claim_lost", extra={"step_id": step.pk, "run_id": step.run_id})
+    return None
 
 
 # --- the dispatcher and recovery -----------------------------------------------------------
@@ -646,16 +664,21 @@ def _recover(step: SequenceStep, now: datetime) -> None:
     if kind in ("create_task", "add_note") and run.integration is not None:
         found = _find_in_crm(step, run)
     elif kind == "send_message":
-        found = _find_sent(step, run)
-        if found is None:
+        message = crm_actions.sent_by_key(step.idempotency_key)
+        if message is not None and message.status == ConversationMessage.Status.SENT:
+            found = {"conversation_id": message.conversation_id, "message_id": message.pk, "text": message.text[:500]}
+        elif message is not None:
             reason = (
                 "interrupted while sending (the worker stopped); the message was not sent again, "
                 "since whether it reached the lead is not known — retry the run if it did not"
             )
             _finish(step, run, Outcome("failed", {}, reason))
             return
+        # no row: the channel was never called; send it now
     if found is not None:
-        _finish(step, run, Outcome("done", {**found, "recovered": True}))
+        next_id = _finish(step, run, Outcome("done", {**found, "recovered": True}))
+        if next_id is not None:
+            transaction.on_commit(lambda: async_task(RUN_STEP_TASK, next_id, save=False))
         return
     # not done, or safe to do again: back to the queue, now
     SequenceStep.objects.filter(pk=step.pk, status=StepStatus.RUNNING).update(
@@ -681,22 +704,6 @@ def _find_in_crm(step: SequenceStep, run: SequenceRun) -> dict[str, Any] | None:
         if item_text.strip() == text.strip():
             return {"task_id" if step.type == "create_task" else "note_id": item_id, "text": text[:500]}
     return None
-
-
-def _find_sent(step: SequenceStep, run: SequenceRun) -> dict[str, Any] | None:
-    sent = (
-        ConversationMessage.objects.filter(
-            conversation__agent_id=run.agent_id,
-            conversation__crm_lead_id=run.crm_lead_id,
-            direction=ConversationMessage.Direction.OUTBOUND,
-            created_at__gte=step.claimed_at,
-        )
-        .order_by("id")
-        .first()
-    )
-    if sent is None:
-        return None
-    return {"conversation_id": sent.conversation_id, "message_id": sent.pk, "text": sent.text[:500]}
 
 
 def dispatch_interval() -> float:

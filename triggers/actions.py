@@ -50,6 +50,7 @@ class ActionContext:
     now: datetime = field(default_factory=timezone.now)
     dry_run: bool = False
     reference: str = ""  # what started this work ("trigger:5:event:9"), for runs it starts
+    action_key: str = ""  # the action or step being done, for its message's key
     _names: dict[str, dict[int, str]] = field(default_factory=dict, init=False, repr=False)
 
     # -- the CRM --------------------------------------------------------------------------
@@ -180,7 +181,7 @@ def send_message(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any
     else:
         completion = _generate(ctx, conversation, action["ai_instruction"])
         text = completion.text.strip()
-    return deliver(conversation, text, completion)
+    return deliver(conversation, text, completion, key=ctx.action_key)
 
 
 def lead_chat(ctx: ActionContext, integration_id: int | None = None) -> Conversation:
@@ -194,41 +195,79 @@ def generate(ctx: ActionContext, conversation: Conversation | None, instruction:
     return _generate(ctx, conversation, instruction)
 
 
-def deliver(conversation: Conversation, text: str, completion=None) -> dict[str, Any]:
-    """Send ``text`` in the chat and store it; the JSON result of a send."""
+class SendInterrupted(ActionFailed):
+    """A message with this key was handed to the channel and its answer never recorded
+    (a worker killed mid-send): whether it reached the lead is not known."""
+
+
+def sent_by_key(key: str) -> ConversationMessage | None:
+    """The message a trigger action or sequence step wrote, if it got that far."""
+    return ConversationMessage.objects.filter(key=key).first() if key else None
+
+
+def deliver(conversation: Conversation, text: str, completion=None, *, key: str = "") -> dict[str, Any]:
+    """Send ``text`` in the chat and store it; the JSON result of a send.
+
+    With a ``key`` (the action or step), the message row is written, status "sending",
+    and committed before the channel is called, then marked sent. So after a crash the
+    row tells what happened: none — nothing went out, send; "sent" — done, do not send
+    again; "sending" — unknown: SendInterrupted, never a second send."""
     from agents.channels import send_text
 
     if not text:
         raise ActionFailed("the message is empty once its variables are filled in")
+    earlier = sent_by_key(key)
+    if earlier is not None:
+        if earlier.status == ConversationMessage.Status.SENT:
+            return _result(earlier, parts=None)
+        raise SendInterrupted(
+            "interrupted while sending (the worker stopped); the message was not sent again, "
+            "since whether it reached the lead is not known"
+        )
+    message = _store(conversation, text, completion, key=key)
     try:
         sent = send_text(conversation.integration, conversation, text)
     except IntegrationError as exc:
         went_out = getattr(exc, "sent", ())
         if not went_out:
+            message.delete()  # nothing went out: as if never tried
             raise
         # part of a long message reached the lead: keep what did; sending it again would
         # repeat those parts, so the action fails instead of retrying
-        _store(conversation, " ".join(p.text for p in went_out), went_out, completion)
+        _mark_sent(message, " ".join(p.text for p in went_out), went_out)
         raise ActionFailed(f"{len(went_out)} part(s) of the message sent, then: {exc}") from exc
-    message = _store(conversation, text, sent, completion)
-    return {"conversation_id": conversation.pk, "message_id": message.pk, "parts": len(sent), "text": text[:500]}
+    _mark_sent(message, text, sent)
+    return _result(message, parts=len(sent))
 
 
-def _store(conversation: Conversation, text: str, sent, completion) -> ConversationMessage:
+def _result(message: ConversationMessage, *, parts: int | None) -> dict[str, Any]:
+    result = {"conversation_id": message.conversation_id, "message_id": message.pk, "text": message.text[:500]}
+    if parts is not None:
+        result["parts"] = parts
+    return result
+
+
+def _store(conversation: Conversation, text: str, completion, *, key: str = "") -> ConversationMessage:
     return ConversationMessage.objects.create(
         conversation=conversation,
         direction=ConversationMessage.Direction.OUTBOUND,
         author=ConversationMessage.Author.AGENT,
-        external_id=sent[0].message_id if sent else "",
         text=text,
-        status=ConversationMessage.Status.SENT,
+        key=key,
+        status=ConversationMessage.Status.SENDING,
         ai_provider=completion.provider if completion else "",
         ai_model=completion.model if completion else "",
         input_tokens=completion.input_tokens if completion else None,
         output_tokens=completion.output_tokens if completion else None,
         latency_ms=completion.latency_ms if completion else None,
-        processed_at=timezone.now(),
     )
+
+
+def _mark_sent(message: ConversationMessage, text: str, sent) -> None:
+    message.text, message.status = text, ConversationMessage.Status.SENT
+    message.external_id = sent[0].message_id if sent else ""
+    message.processed_at = timezone.now()
+    message.save(update_fields=["text", "status", "external_id", "processed_at"])
 
 
 def task_due(action: Mapping[str, Any], ctx: ActionContext) -> datetime:

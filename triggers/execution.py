@@ -18,8 +18,10 @@ Per event:
 Exactly once: a repeated event (the sweeper, a redelivered task, a retry) finds the
 firing and its done actions and does only what is left. An action found "running" was
 interrupted (a worker killed mid-action): a stage, field or tag change is done again
-(the same result twice), a message, task or note is not, so it happens at most once,
-and the action is failed with that reason instead. An action claimed less than
+(the same result twice); a message is sent only if its row (keyed by the action, written
+before the channel is called) shows it never went out, found done if it did, and failed
+if that is unknown; a task or note is not done again, so it happens at most once, and
+the action is failed with that reason instead. An action claimed less than
 ACTION_CLAIM_TIMEOUT ago is another worker's, and is left to it.
 
 Failures: a transient one (the CRM's or a messenger's 5xx, 429, timeouts, the AI
@@ -382,10 +384,15 @@ def _run_row(firing: TriggerFiring, index: int, kind: str) -> ActionRun:
 def _run_action(run: ActionRun, action: dict[str, Any], ctx, *, final: bool) -> tuple[str, str]:
     """Claim and do one action: ("done" | "retry" | "failed" | "busy", detail)."""
     now = timezone.now()
+    ctx.action_key = f"trigger-firing-{run.firing_id}-action-{run.index}"
     if run.status == ActionRun.Status.RUNNING:
         if run.claimed_at and run.claimed_at > now - ACTION_CLAIM_TIMEOUT:
             return "busy", f"action {run.index} is being done by another worker"
-        if action["type"] not in IDEMPOTENT_ACTIONS:
+        if action["type"] == "send_message":
+            # the message row tells: none — not sent, send it now; "sent" — done; "sending" —
+            # unknown, and deliver() refuses to send it a second time
+            pass
+        elif action["type"] not in IDEMPOTENT_ACTIONS:
             reason = (
                 "interrupted: the worker stopped while doing it, and whether it reached the lead is not known; "
                 "not done again, so that it is never done twice"

@@ -415,10 +415,14 @@ def test_an_interrupted_task_not_in_the_crm_is_created_once(agent, kommo, vendor
     assert run.status == "done" and len(calls(vendors, "/api/v4/tasks")) == 1
 
 
-def test_an_interrupted_message_is_not_sent_again(agent, kommo, chat, vendors, clock):
+def test_a_message_interrupted_while_sending_is_not_sent_again(agent, kommo, chat, vendors, clock):
     sequence = make_sequence(agent, trigger_config={}, steps=[{"type": "send_message", "text": "Hi"}])
     run = start(sequence)
-    _stuck(run, 0, clock)
+    step = _stuck(run, 0, clock)
+    # the row written before the channel was called, never marked sent
+    ConversationMessage.objects.create(
+        conversation=chat, direction="out", author="agent", text="Hi", status="sending", key=step.idempotency_key
+    )
 
     recover_stuck()
     dispatch_due()
@@ -428,14 +432,46 @@ def test_an_interrupted_message_is_not_sent_again(agent, kommo, chat, vendors, c
     assert calls(vendors, "/sendMessage") == []
 
 
+def test_a_message_interrupted_before_the_channel_was_called_is_sent_once(agent, kommo, chat, vendors, clock):
+    sequence = make_sequence(agent, trigger_config={}, steps=[{"type": "send_message", "text": "Hi"}])
+    run = start(sequence)
+    _stuck(run, 0, clock)
+
+    recover_stuck()
+    dispatch_due()
+
+    run.refresh_from_db()
+    assert run.status == "done" and len(calls(vendors, "/sendMessage")) == 1
+    assert ConversationMessage.objects.get(direction="out").status == "sent"
+
+
+def test_a_failed_send_retried_by_staff_is_sent(agent, kommo, chat, vendors, clock):
+    sequence = make_sequence(agent, trigger_config={}, steps=[{"type": "send_message", "text": "Hi"}])
+    run = start(sequence)
+    step = _stuck(run, 0, clock)
+    ConversationMessage.objects.create(
+        conversation=chat, direction="out", author="agent", text="Hi", status="sending", key=step.idempotency_key
+    )
+    recover_stuck()
+    run.refresh_from_db()
+    assert run.status == "failed"
+
+    assert runner.run_retry(run) is True  # staff checked: the lead did not get it
+    step_run(step.pk)
+
+    run.refresh_from_db()
+    assert run.status == "done" and len(calls(vendors, "/sendMessage")) == 1
+    given_up = ConversationMessage.objects.get(status="not_sent")
+    assert given_up.key == "" and "retried" in given_up.error
+
+
 def test_an_interrupted_message_that_was_stored_counts_as_sent(agent, kommo, chat, vendors, clock):
     sequence = make_sequence(agent, trigger_config={}, steps=[{"type": "send_message", "text": "Hi"}])
     run = start(sequence)
     step = _stuck(run, 0, clock)
     ConversationMessage.objects.create(
-        conversation=chat, direction="out", author="agent", text="Hi", status="sent"
+        conversation=chat, direction="out", author="agent", text="Hi", status="sent", key=step.idempotency_key
     )
-    ConversationMessage.objects.filter(direction="out").update(created_at=step.claimed_at + timedelta(seconds=1))
 
     recover_stuck()
 

@@ -298,3 +298,51 @@ def test_won_in_any_pipeline(agent, kommo, vendors):
     run(kommo, lead_form("status", status_id=WON, old_status_id=NEW, pipeline_id=PIPELINE, modified=1717079999))
 
     assert len(calls(vendors, "/notes")) == 2
+
+
+def _interrupted_send(agent, kommo, telegram, *, row_status: str | None):
+    """A send_message action left "running" by a killed worker, with or without its row."""
+    from crm.models import CrmEvent
+    from crm.tasks import process_events
+    from tests.triggers.test_execution import deliver
+    from triggers import execution
+    from triggers.models import TriggerFiring
+
+    conversation = chat(agent, telegram)
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=[{"type": "send_message", "text": "Hi"}])
+    (event_id,) = deliver(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(execution, "firing_run", lambda firing, ctx, final=False: "running")  # dies before acting
+        process_events([event_id])
+    firing = TriggerFiring.objects.get()
+    ActionRun.objects.create(
+        firing=firing, index=0, type="send_message", status="running", attempts=1,
+        claimed_at=timezone.now() - timedelta(minutes=10),
+    )
+    if row_status:
+        ConversationMessage.objects.create(
+            conversation=conversation, direction="out", author="agent", text="Hi", status=row_status,
+            key=f"trigger-firing-{firing.pk}-action-0",
+        )
+    CrmEvent.objects.filter(pk=event_id).update(status="pending")
+    process_events([event_id])
+    return ActionRun.objects.get()
+
+
+def test_an_interrupted_trigger_message_that_never_went_out_is_sent_once(agent, kommo, telegram, vendors):
+    run_ = _interrupted_send(agent, kommo, telegram, row_status=None)
+
+    assert run_.status == "done" and len(calls(vendors, "/sendMessage")) == 1
+
+
+def test_an_interrupted_trigger_message_caught_mid_send_is_not_repeated(agent, kommo, telegram, vendors):
+    run_ = _interrupted_send(agent, kommo, telegram, row_status="sending")
+
+    assert run_.status == "failed" and "not sent again" in run_.error
+    assert calls(vendors, "/sendMessage") == []
+
+
+def test_an_interrupted_trigger_message_already_sent_counts_as_done(agent, kommo, telegram, vendors):
+    run_ = _interrupted_send(agent, kommo, telegram, row_status="sent")
+
+    assert run_.status == "done" and calls(vendors, "/sendMessage") == []
