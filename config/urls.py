@@ -37,4 +37,5 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include("crm.urls")),
     path("", include("agents.urls")),
+    path("", include("integrations.google.urls")),
 ]

@@ -2,10 +2,12 @@
 them, and sees which keys are stored, never a value."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 from django import forms
 from django.contrib import admin
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -13,6 +15,8 @@ from django.utils.html import format_html, format_html_join
 from agents.admin import OwnedAdminMixin, adopt, form_data, keys_set
 from config.validation import raise_problems
 
+from .errors import IntegrationError
+from .google import calendar as google_calendar
 from .models import Integration
 from .schemas import check_credentials
 from .services import (
@@ -23,6 +27,32 @@ from .services import (
 )
 
 MASK = "••••••••"
+GOOGLE_CALENDARS_CACHE_SECONDS = 300
+
+
+def google_connected(integration: Integration | None) -> bool:
+    """A saved Google Calendar integration that holds Google's tokens."""
+    return bool(
+        integration is not None
+        and integration.pk
+        and integration.integration_type == Integration.Type.GOOGLE_CALENDAR
+        and (integration.credentials or {}).get("refresh_token")
+    )
+
+
+def google_calendar_choices(integration: Integration) -> list[tuple[str, str]]:
+    """The account's calendars for the picker, fetched at most every few minutes (a new
+    connection, with a new refresh token, fetches anew)."""
+    grant = hashlib.sha256(integration.credentials["refresh_token"].encode()).hexdigest()[:16]
+    key = f"integrations:google:calendars:{integration.pk}:{grant}"
+    choices = cache.get(key)
+    if choices is None:
+        choices = [
+            (c.id, f"{c.summary} (primary)" if c.primary else c.summary)
+            for c in google_calendar.list_calendars(integration)
+        ]
+        cache.set(key, choices, GOOGLE_CALENDARS_CACHE_SECONDS)
+    return choices
 
 
 class WriteOnlyTextarea(forms.Textarea):
@@ -44,9 +74,35 @@ class IntegrationAdminForm(forms.ModelForm):
         "form comes back with an error.",
     )
 
+    calendar = forms.ChoiceField(
+        label="Calendar",
+        required=False,
+        choices=[],
+        help_text="Where the agent looks for free time and adds meetings (saved as config.calendar_id).",
+    )
+
     class Meta:
         model = Integration
         fields = ["agent", "integration_type", "active", "config"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if google_connected(self.instance):
+            self._offer_calendars()
+
+    def _offer_calendars(self) -> None:
+        field = self.fields["calendar"]
+        current = str((self.instance.config or {}).get("calendar_id") or "")
+        field.initial = current
+        choices = [("", "The account's primary calendar (default)")]
+        try:
+            choices += google_calendar_choices(self.instance)
+        except IntegrationError as exc:
+            field.disabled = True
+            field.help_text = f"The calendars could not be loaded: {exc}"
+        if current and current not in {value for value, _ in choices}:
+            choices.append((current, f"{current} (not among the account's calendars)"))
+        field.choices = choices
 
     def clean_new_credentials(self) -> dict[str, str] | None:
         text = self.cleaned_data["new_credentials"].strip()
@@ -100,8 +156,16 @@ class IntegrationAdmin(OwnedAdminMixin, admin.ModelAdmin):
             integration.get_status_display(),
         )
 
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = list(super().get_fieldsets(request, obj))
+        if google_connected(obj):
+            fieldsets.insert(1, ("Google Calendar", {"fields": ["calendar"]}))
+        return fieldsets
+
     @admin.display(description="connect")
     def connection(self, integration: Integration | None) -> str:
+        if integration and integration.pk and integration.integration_type == Integration.Type.GOOGLE_CALENDAR:
+            return self._google_connection(integration)
         if not integration or not integration.pk or integration.integration_type != Integration.Type.KOMMO:
             return "—"
         return format_html(
@@ -109,6 +173,27 @@ class IntegrationAdmin(OwnedAdminMixin, admin.ModelAdmin):
             '<span class="help">Needs client_id and client_secret in the credentials; or paste a long-lived '
             "token as access_token instead.</span>",
             reverse("crm-oauth-start", args=[integration.pk]),
+        )
+
+    def _google_connection(self, integration: Integration) -> str:
+        url = reverse("google-oauth-start", args=[integration.pk])
+        if not google_connected(integration):
+            return format_html(
+                '<a class="button" href="{}">Connect Google</a> '
+                '<span class="help">Sign in with the Google account whose calendar the agent books meetings in.'
+                "</span>",
+                url,
+            )
+        if integration.status == Integration.Status.NEEDS_RECONNECT:
+            return format_html(
+                '<a class="button" href="{}">Reconnect Google</a> '
+                '<strong style="color: #c62828">Google no longer accepts this connection: connect again.</strong>',
+                url,
+            )
+        return format_html(
+            '<a class="button" href="{}">Reconnect Google</a> '
+            '<span class="help">Connected. Reconnect to use another Google account.</span>',
+            url,
         )
 
     @admin.display(description="webhook URL")
@@ -143,6 +228,13 @@ class IntegrationAdmin(OwnedAdminMixin, admin.ModelAdmin):
         data = form_data(form, INTEGRATION_FIELDS)
         if form.cleaned_data.get("new_credentials") is not None:
             data["credentials"] = form.cleaned_data["new_credentials"]
+        if "calendar" in form.changed_data:
+            config = dict(data.get("config", obj.config) or {})
+            if form.cleaned_data["calendar"]:
+                config["calendar_id"] = form.cleaned_data["calendar"]
+            else:
+                config.pop("calendar_id", None)
+            data["config"] = config
         if change:
             integration_update(integration=obj, data=data)
         else:

@@ -50,7 +50,13 @@ class KommoConfig(OpenConfig):
 
 
 class GoogleCalendarConfig(OpenConfig):
+    # a calendar of the connected account (the admin's picker, GET …/google/calendars); default "primary"
     calendar_id: str | None = None
+
+    def problems(self) -> list[Problem]:
+        if self.calendar_id is not None and not self.calendar_id.strip():
+            return [(("calendar_id",), "must not be empty (leave it out for the account's primary calendar)")]
+        return []
 
 
 # Before the messenger clients these keys were called api_base_url; a value left under the
@@ -106,8 +112,10 @@ CONFIG_SCHEMAS: dict[str, type[OpenConfig]] = {
     IntegrationType.TWILIO_WHATSAPP: TwilioWhatsAppConfig,
 }
 
-# The credential keys each messenger's client and webhook checks read (docs/json-fields.md).
+# The credential keys each messenger's client and webhook checks read (docs/json-fields.md);
+# Google Calendar's are written by its OAuth connection (integrations/google/connection.py).
 CREDENTIAL_KEYS: dict[str, tuple[str, ...]] = {
+    IntegrationType.GOOGLE_CALENDAR: ("access_token", "refresh_token", "expiry"),
     IntegrationType.TELEGRAM: ("bot_token", "secret_token"),
     IntegrationType.WHATSAPP_CLOUD: ("access_token", "app_secret", "verify_token"),
     IntegrationType.TWILIO_WHATSAPP: ("account_sid", "auth_token"),

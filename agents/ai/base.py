@@ -9,13 +9,15 @@ for every provider.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from django.conf import settings
@@ -24,25 +26,96 @@ from .errors import AIConfigError, AIError, AIPermanentError, AIRateLimited, AIT
 
 logger = logging.getLogger("agents.ai")
 
-Role = Literal["user", "assistant"]
-ROLES = ("user", "assistant")
+Role = Literal["user", "assistant", "tool"]
+ROLES = ("user", "assistant", "tool")
+
+# "auto": the model decides whether to call a tool; "none": it must answer in text, though
+# the tools (and earlier tool turns) stay in the request.
+ToolChoice = Literal["auto", "none"]
+TOOL_CHOICES = ("auto", "none")
+
+# What OpenAI, Anthropic and Gemini all accept as a function name.
+TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may ask us to call: its name, what it is for, and its arguments
+    as a JSON Schema object (``{"type": "object", "properties": {…}, "required": […]}``)."""
+
+    name: str
+    description: str
+    parameters: dict
+
+    def __post_init__(self) -> None:
+        if not TOOL_NAME.fullmatch(self.name or ""):
+            raise ValueError(f"tool name must match {TOOL_NAME.pattern}, got {self.name!r}")
+        if not isinstance(self.parameters, dict):
+            raise ValueError(f"tool {self.name}: parameters must be a JSON Schema object (a dict)")
+        if not self.parameters:  # no arguments; Anthropic requires a schema all the same
+            object.__setattr__(self, "parameters", {"type": "object", "properties": {}})
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """The model asking for one tool call.
+
+    ``error`` is set, and ``arguments`` empty, when the model's arguments were not a JSON
+    object: run_tools answers such a call with ``{"error": error}`` so the model can try
+    again. ``signature`` is Gemini's thought signature of the call, which must go back with
+    it in the conversation (opaque, base64).
+    """
+
+    id: str
+    name: str
+    arguments: dict
+    error: str = ""
+    signature: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
 class ChatMessage:
-    """One turn of the conversation: the lead's ("user") or the agent's ("assistant")."""
+    """One turn of the conversation.
+
+    "user": the lead. "assistant": the agent; an assistant turn that called tools carries
+    them in ``tool_calls`` (its ``text`` may be empty). "tool": the result of one tool call,
+    ``text`` being its JSON, ``tool_call_id`` and ``name`` those of the call (see
+    ``ChatMessage.tool_result``).
+    """
 
     role: Role
-    text: str
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    name: str = ""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant turn may carry tool_calls")
+        if self.role == "tool" and not (self.tool_call_id and self.name):
+            raise ValueError("a tool turn needs the tool_call_id and name of the call it answers")
+
+    @classmethod
+    def tool_result(cls, call: ToolCall, result: Any) -> ChatMessage:
+        """The turn answering ``call`` with ``result`` (JSON-encoded; dates and the like as strings)."""
+        return cls(
+            "tool",
+            json.dumps(result, ensure_ascii=False, default=str),
+            tool_call_id=call.id,
+            name=call.name,
+        )
 
 
 @dataclass(frozen=True)
 class Completion:
-    """The model's reply and what it cost."""
+    """The model's reply and what it cost.
+
+    ``tool_calls``: the tools the model asks to call (then ``text`` may be empty).
+    ``tool_log``: after run_tools, every call it ran with the result the model was given.
+    """
 
     text: str
     provider: str
@@ -51,6 +124,8 @@ class Completion:
     output_tokens: int
     latency_ms: int
     finish_reason: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_log: tuple[tuple[ToolCall, dict], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +136,20 @@ class Reply:
     input_tokens: int
     output_tokens: int
     finish_reason: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+def parse_arguments(raw: str | None) -> tuple[dict, str]:
+    """Arguments the model wrote as JSON text (OpenAI) → (arguments, error)."""
+    if raw is None or not raw.strip():  # some OpenAI-compatible servers send "" for no arguments
+        return {}, ""
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        return {}, f"the arguments were not valid JSON ({exc}); call the tool again with a JSON object"
+    if not isinstance(value, dict):
+        return {}, "the arguments were not a JSON object; call the tool again with a JSON object"
+    return value, ""
 
 
 @dataclass(frozen=True)
@@ -177,18 +266,28 @@ class AIProvider(ABC):
         messages: Sequence[ChatMessage],
         max_tokens: int = 1000,
         temperature: float = 0.7,
+        tools: Sequence[Tool] | None = None,
+        tool_choice: ToolChoice = "auto",
     ) -> Completion:
-        """Ask ``model`` for the next assistant turn; one ``ai.request`` log line whatever happens."""
+        """Ask ``model`` for the next assistant turn; one ``ai.request`` log line whatever happens.
+
+        With ``tools`` the turn may be tool calls (``Completion.tool_calls``) instead of text.
+        """
         if not messages:
             raise ValueError("messages must not be empty")
+        if tool_choice not in TOOL_CHOICES:
+            raise ValueError(f"tool_choice must be one of {', '.join(TOOL_CHOICES)}, got {tool_choice!r}")
+        tools = tuple(tools or ())
         started = time.monotonic()
         record: dict[str, Any] = {
             "provider": self.name,
             "model": model,
             "messages": len(messages),
-            "prompt_chars": len(system) + sum(len(m.text) for m in messages),
+            "prompt_chars": len(system) + sum(_chars(m) for m in messages),
             "max_tokens": max_tokens,
         }
+        if tools:
+            record.update(tools=len(tools), tool_choice=tool_choice)
         api_key = ""
         try:
             config = self.config()
@@ -201,12 +300,14 @@ class AIProvider(ABC):
                     messages=messages,
                     max_tokens=max_tokens,
                     temperature=temperature,
+                    tools=tools,
+                    tool_choice=tool_choice,
                 )
             except AIError:
                 raise
             except Exception as exc:
                 raise self.translate(exc, model=model, api_key=api_key) from exc
-            if not reply.text.strip():
+            if not reply.text.strip() and not reply.tool_calls:
                 record.update(input_tokens=reply.input_tokens, output_tokens=reply.output_tokens)
                 raise AIPermanentError(
                     f"{self.name} {model} returned no text (finish reason: {reply.finish_reason or 'unknown'})",
@@ -231,6 +332,7 @@ class AIProvider(ABC):
             output_tokens=reply.output_tokens,
             latency_ms=_ms_since(started),
             finish_reason=reply.finish_reason,
+            tool_calls=reply.tool_calls,
         )
         record.update(
             outcome="success",
@@ -240,6 +342,8 @@ class AIProvider(ABC):
             finish_reason=completion.finish_reason,
             reply_chars=len(completion.text),
         )
+        if completion.tool_calls:  # names only: the arguments are the lead's data
+            record["tool_calls"] = [call.name for call in completion.tool_calls]
         logger.info("ai.request", extra=record)
         return completion
 
@@ -259,12 +363,18 @@ class AIProvider(ABC):
         messages: Sequence[ChatMessage],
         max_tokens: int,
         temperature: float,
+        tools: Sequence[Tool],
+        tool_choice: ToolChoice,
     ) -> Reply:
-        """One request through the SDK (whose own retries apply)."""
+        """One request through the SDK (whose own retries apply); ``tools`` may be empty."""
 
     @abstractmethod
     def translate(self, exc: Exception, *, model: str, api_key: str) -> AIError:
         """The typed error for an SDK exception; its message must not contain ``api_key``."""
+
+
+def _chars(message: ChatMessage) -> int:
+    return len(message.text) + sum(len(json.dumps(c.arguments, default=str)) for c in message.tool_calls)
 
 
 def _ms_since(started: float) -> int:

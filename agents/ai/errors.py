@@ -12,13 +12,18 @@ from __future__ import annotations
 
 
 class AIError(Exception):
-    """A call to an AI model failed."""
+    """A call to an AI model failed.
+
+    ``tool_log``: when raised by run_tools, the tool calls already made, with their results
+    (a booking may have happened before the model failed to answer).
+    """
 
     def __init__(self, message: str, *, provider: str = "", model: str = "", status: int | None = None) -> None:
         super().__init__(message)
         self.provider = provider
         self.model = model
         self.status = status
+        self.tool_log: tuple = ()
 
 
 class AIPermanentError(AIError):

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from .anthropic_client import AnthropicClient
-from .base import AIProvider, ChatMessage, Completion, redact_keys_in_logs
+from .base import AIProvider, ChatMessage, Completion, Tool, ToolChoice, redact_keys_in_logs
 from .errors import AIConfigError
 from .gemini_client import GeminiClient
 from .openai_client import OpenAIClient
@@ -47,14 +47,20 @@ def provider_for(model_spec: str) -> tuple[AIProvider, str]:
 
 
 def complete(
-    *,
     model_spec: str,
     system: str,
     messages: Sequence[ChatMessage],
+    *,
     max_tokens: int = 1000,
     temperature: float = 0.7,
+    tools: Sequence[Tool] | None = None,
+    tool_choice: ToolChoice = "auto",
 ) -> Completion:
     """The model's next assistant turn after ``messages``, ``system`` being the agent's instructions.
+
+    With ``tools``, the turn may be a request to call some of them (``Completion.tool_calls``,
+    the text then possibly empty); ``tool_choice="none"`` keeps them in the request but asks
+    for text. agents.ai.tools.run_tools runs the calls and asks again.
 
     Raises agents.ai.errors: AIConfigError (no key, refused key, unknown provider),
     AIRateLimited / AITransientError (worth retrying later), AIPermanentError.
@@ -68,7 +74,13 @@ def complete(
         )
         raise
     return provider.complete(
-        model=model, system=system, messages=messages, max_tokens=max_tokens, temperature=temperature
+        model=model,
+        system=system,
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        tools=tools,
+        tool_choice=tool_choice,
     )
 
 

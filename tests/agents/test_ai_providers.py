@@ -383,3 +383,19 @@ def test_the_registry_knows_exactly_the_providers_an_agent_may_name():
 def test_a_message_role_must_be_user_or_assistant():
     with pytest.raises(ValueError, match="role"):
         ai.ChatMessage("system", "Be nice")
+
+
+def test_complete_takes_the_model_the_system_prompt_and_the_messages_positionally(ai_settings, server):
+    # triggers.actions calls it so
+    completion = ai.complete(MODELS["openai"], SYSTEM, HISTORY)
+
+    assert completion.text == "Hello from the model"
+    assert "tools" not in server.requests[0].json  # no tools offered, none sent
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_without_tools_no_tool_fields_are_sent(provider, ai_settings, server):
+    ask(provider)
+
+    (request,) = server.requests
+    assert not {"tools", "tool_choice", "toolConfig"} & set(request.json)
