@@ -283,3 +283,31 @@ class ConversationMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_direction_display()} #{self.pk}"
+
+
+class Meeting(models.Model):
+    """A meeting booked with a lead in the agent's Google Calendar (by the agent in a
+    conversation, a trigger action or a sequence step). ``key`` names what booked it,
+    so that a retry finds the meeting instead of booking a second one."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="meetings")
+    calendar = models.ForeignKey(
+        "integrations.Integration", null=True, on_delete=models.SET_NULL, related_name="meetings"
+    )
+    crm_lead_id = models.BigIntegerField(null=True, blank=True)
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    summary = models.CharField(max_length=300)
+    event_id = models.CharField(max_length=1024)
+    html_link = models.URLField(max_length=2000, blank=True)
+    booked_by = models.CharField(max_length=40, help_text="conversation, trigger or sequence")
+    key = models.CharField(max_length=120, unique=True)
+    crm_error = models.TextField(blank=True, help_text="Why the note or task could not be written to the CRM.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-start"]
+        indexes = [models.Index(fields=["agent", "-start"], name="meeting_agent_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.summary} at {self.start:%Y-%m-%d %H:%M}"

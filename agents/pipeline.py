@@ -34,6 +34,7 @@ from crm.client import Contact, FieldValue, Lead
 from integrations.errors import IntegrationError, PermanentError, RateLimited
 from integrations.models import Integration
 
+from . import calendar_tools
 from .channels import send_text
 from .conversations import conversation_hand_off
 from .models import Agent, AgentCrmAccess, Conversation, ConversationMessage, ExecutionLog
@@ -165,8 +166,13 @@ def _reply(message: ConversationMessage) -> tuple[str, str]:
         Conversation.objects.filter(pk=conversation.pk).update(language=language)
     system = build_system_prompt(agent, context, language=language, handoff=handoff)
     history = _history(message)
+    tools = _calendar_tools(agent, conversation, message, context, kommo) if not handoff else None
     try:
-        completion = ai.complete(model_spec=agent.ai_model, system=system, messages=history)
+        if tools is not None:
+            system += "\n\n" + calendar_tools.prompt_note(agent)
+            completion = ai.run_tools(agent.ai_model, system, history, tools.tools, tools)
+        else:
+            completion = ai.complete(model_spec=agent.ai_model, system=system, messages=history)
     except AIRateLimited as exc:
         raise Retry(f"AI provider: {exc}", exc.retry_after) from exc
     except AIPermanentError as exc:
@@ -180,6 +186,22 @@ def _reply(message: ConversationMessage) -> tuple[str, str]:
     if crm_writes and context.lead:
         _note_exchange(crm_writes, context.lead.id, message.text, completion.text)
     return Status.ANSWERED, ""
+
+
+def _calendar_tools(agent, conversation, message, context: LeadContext, kommo):
+    """The calendar tools for this reply, when the agent has a usable Google Calendar."""
+    calendar = calendar_tools.calendar_for(agent)
+    if calendar is None:
+        return None
+    return calendar_tools.CalendarTools(
+        agent=agent,
+        calendar=calendar,
+        conversation=conversation,
+        message=message,
+        lead=context.lead,
+        contact=context.contact,
+        kommo=kommo if not conversation.is_test else None,
+    )
 
 
 # --- CRM ------------------------------------------------------------------------------------

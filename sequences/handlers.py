@@ -109,3 +109,15 @@ def exit_on_reply(message: ConversationMessage) -> None:
     for run in runs:
         if exit_rules_of(run.sequence.exit_rules).on_reply and run.created_at < message.created_at:
             run_exit(run, "the lead replied")
+
+
+def exit_on_meeting(*, agent_id: int, lead_id: int) -> int:
+    """A meeting was booked with the lead: its runs with the "meeting booked" rule end."""
+    ended = 0
+    runs = SequenceRun.objects.filter(
+        agent_id=agent_id, crm_lead_id=lead_id, status__in=ACTIVE_RUN_STATUSES
+    ).select_related("sequence")
+    for run in runs:
+        if exit_rules_of(run.sequence.exit_rules).on_meeting_booked and run_exit(run, "a meeting was booked"):
+            ended += 1
+    return ended

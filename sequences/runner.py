@@ -432,6 +432,7 @@ def _execute(step: SequenceStep, run: SequenceRun, agent: Agent, was_waiting: bo
         wake = delay_until(spec, agent, timezone.now())
         return Outcome("waiting", {"wake_at": wake.isoformat()}, due_at=wake)
     ctx = _context(run, agent)
+    ctx.action_key = step.idempotency_key
     try:
         if kind == "generate_message":
             chat = _chat_or_none(ctx, None)

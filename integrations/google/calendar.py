@@ -328,6 +328,20 @@ def create_event(
     return connection.call(integration, operation)
 
 
+def find_event(integration: Integration, event_id: str, *, calendar_id: str | None = None) -> CreatedEvent | None:
+    """The event with this id, or None when there is none (or it was deleted)."""
+    calendar = calendar_id or calendar_id_of(integration)
+
+    def operation(session: requests.Session) -> CreatedEvent | None:
+        try:
+            event = _client(session).get_event(calendar, event_id)
+        except NotFound:
+            return None
+        return None if event.status == "cancelled" else event
+
+    return connection.call(integration, operation)
+
+
 def event_id_for(key: str) -> str:
     """A valid Google event id for our idempotency key: the same key, the same id
     (base32hex of its SHA-256, 52 characters of a-v and 0-9)."""
