@@ -36,7 +36,7 @@ from triggers.models import Trigger
 from triggers.services import TRIGGER_FIELDS, trigger_create, trigger_update
 
 from .conversations import conversation_hand_back, conversation_hand_off, message_retry
-from .models import Agent, AgentCrmAccess, Conversation, ConversationMessage, ExecutionLog, LiveEvent
+from .models import Agent, AgentCrmAccess, Conversation, ConversationMessage, ExecutionLog, LiveEvent, Meeting
 from .pipeline import test_chat_send
 from .selectors import owned
 from .services import (
@@ -755,3 +755,30 @@ class ConversationMessageAdmin(OwnedAdminMixin, admin.ModelAdmin):
             f"{retried} message(s) queued again" + (f"; {skipped} not failed, left as they are." if skipped else "."),
             messages.SUCCESS if retried else messages.WARNING,
         )
+
+
+@admin.register(Meeting)
+class MeetingAdmin(OwnedAdminMixin, admin.ModelAdmin):
+    """Meetings booked in the agents' Google Calendars (read-only: the calendar is the truth)."""
+
+    editable = False
+    list_display = ["start", "end", "summary", "agent", "crm_lead_id", "booked_by", "crm_error"]
+    list_filter = ["booked_by", ("agent", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["crm_lead_id__exact", "summary", "agent__name"]
+    list_select_related = ["agent"]
+    date_hierarchy = "start"
+    fields = [
+        "agent",
+        "calendar",
+        "crm_lead_id",
+        "start",
+        "end",
+        "summary",
+        "html_link",
+        "event_id",
+        "booked_by",
+        "key",
+        "crm_error",
+        "created_at",
+    ]
+    readonly_fields = fields
