@@ -219,20 +219,23 @@ def run_triggers(event: CrmEvent) -> None:
     )
     depth = cause.depth if cause else 0
     firings = {f.trigger_id: f for f in TriggerFiring.objects.filter(event_id=event.pk)}
+    logged = _skips_logged(event) if event.attempts else set()
     skipped: list[ExecutionLog] = []
     to_run: list[tuple[Trigger, TriggerFiring]] = []
-    for trigger in triggers:
-        firing = firings.get(trigger.pk)
-        if firing is None:
-            result, why_not = _decide(trigger, facts, cause)
-            if why_not is not None:
-                if event.attempts == 0:  # a retry of the event logged its skips already
-                    skipped.append(_skip_entry(trigger, event, why_not, cause, started))
-                continue
-            firing = _fire(trigger, event, result, depth, cause)
-        to_run.append((trigger, firing))
-    if skipped:
-        ExecutionLog.objects.bulk_create(skipped)
+    try:
+        for trigger in triggers:
+            firing = firings.get(trigger.pk)
+            if firing is None:
+                result, why_not = _decide(trigger, facts, cause)
+                if why_not is not None:
+                    if trigger.pk not in logged:  # a retry does not log a skip twice
+                        skipped.append(_skip_entry(trigger, event, why_not, cause, started))
+                    continue
+                firing = _fire(trigger, event, result, depth, cause)
+            to_run.append((trigger, firing))
+    finally:  # a CRM read failing midway (retried later) keeps the skips decided before it
+        if skipped:
+            ExecutionLog.objects.bulk_create(skipped)
     from crm.dispatch import MAX_ATTEMPTS
 
     final = event.attempts + 1 >= MAX_ATTEMPTS
@@ -253,6 +256,17 @@ def run_triggers(event: CrmEvent) -> None:
             retry = exc
     if retry is not None:
         raise retry
+
+
+def _skips_logged(event: CrmEvent) -> set[int]:
+    """Triggers whose skip of this event an earlier attempt logged."""
+    entries = ExecutionLog.objects.filter(
+        ref_type="trigger",
+        status=ExecutionLog.Status.SKIPPED,
+        crm_lead_id=event.lead_id,
+        created_at__gte=event.received_at,
+    ).values_list("ref_id", "detail")
+    return {ref_id for ref_id, detail in entries if (detail or {}).get("event_id") == event.pk}
 
 
 def _decide(trigger: Trigger, facts: Facts, cause: Cause | None) -> tuple[Result | None, dict[str, Any] | None]:

@@ -501,3 +501,23 @@ def test_change_stage_is_sent_as_kommo_expects_and_recorded_as_the_triggers_own(
     change = OwnChange.objects.get()
     assert (change.crm_lead_id, change.trigger_id, change.depth) == (LEAD, trigger.id, 1)
     assert change.expect == {"status": [[PIPELINE, WON]]}
+
+
+def test_a_crm_read_failing_midway_is_retried_and_each_skip_logged_once(agent, kommo, crm_api, monkeypatch):
+    rich = [{"field": "price", "operator": "gt", "value": 10**6}]
+    first = make_trigger(agent, event="lead_status_changed", conditions=rich)
+    needs_contact = make_trigger(
+        agent, event="lead_status_changed", conditions=[{"field": "contact.name", "operator": "equals", "value": "Ann"}]
+    )
+    crm_api.get(f"{CRM}/api/v4/leads/{LEAD}", status=429, headers={"Retry-After": "0"})  # busy: try later
+    (event_id,) = run(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+    assert CrmEvent.objects.get(pk=event_id).status == "pending"  # retried later
+    assert list(ExecutionLog.objects.filter(kind="trigger").values_list("ref_id", flat=True)) == [first.id]
+
+    lead = {"id": LEAD, "name": "x", "status_id": 1, "pipeline_id": 2}
+    crm_api.replace(responses.GET, f"{CRM}/api/v4/leads/{LEAD}", json=lead)
+    process_events([event_id])
+
+    skipped = sorted(ExecutionLog.objects.filter(kind="trigger", status="skipped").values_list("ref_id", flat=True))
+    assert skipped == sorted([first.id, needs_contact.id])
+    assert CrmEvent.objects.get(pk=event_id).status == "done"
