@@ -3,7 +3,7 @@ and booking one — used by the agent in a conversation (tools), by the trigger 
 the sequence step "create_calendar_event".
 
 A booking never lands on a busy slot: the calendar is asked again at the moment of
-booking, and a conflict is refused (SlotTaken, with the next free slots to offer). It is
+booking, and a conflict is refused (SlotUnavailable, with the next free slots to offer). It is
 idempotent by ``key`` (what booked it): the Google event id is derived from the key and a
 ``Meeting`` row is kept, so a retried task finds its meeting instead of booking another.
 A booked meeting is written to the CRM (a note, and a task for the responsible user) and
@@ -12,12 +12,13 @@ ends the lead's sequences whose exit rules include "meeting booked".
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from integrations.errors import IntegrationError
@@ -74,7 +75,7 @@ def _within_hours(agent: Agent, start: datetime, end: datetime) -> bool:
     schedule = parse_schedule(agent.schedule)
     if schedule is None:
         return True  # no working hours: around the clock
-    moment = start
+    moment = start.astimezone(UTC)
     while moment < end:  # open at every quarter of the meeting
         if not schedule.is_open(moment):
             return False
@@ -116,7 +117,8 @@ def free_slots(
     busy = google.busy_times(calendar, start=start, end=end)
     zone = agent_zone(agent)
     slots: list[Slot] = []
-    moment = _round_up(start, zone)
+    # stepped in UTC: on a night the clocks go back a local step would last 90 minutes
+    moment = _round_up(start, zone).astimezone(UTC)
     while moment + duration <= end and len(slots) < limit:
         slot_end = moment + duration
         if _within_hours(agent, moment, slot_end) and not _overlaps(busy, moment, slot_end):
@@ -153,6 +155,7 @@ def book(
     earlier = Meeting.objects.filter(key=key).first()
     if earlier is not None:
         return Booked(earlier, created=False)
+    start = start.astimezone(UTC)  # durations in real time, also across a clock change
     end = start + duration
     event_id = google.event_id_for(key)
     event = google.find_event(calendar, event_id)  # booked just before a crash?
@@ -175,18 +178,19 @@ def book(
             event_id=event_id,
         )
     try:
-        meeting = Meeting.objects.create(
-            agent=agent,
-            calendar=calendar,
-            crm_lead_id=lead_id,
-            start=event.start,
-            end=event.end,
-            summary=summary[:300],
-            event_id=event.id,
-            html_link=event.html_link or "",
-            booked_by=booked_by,
-            key=key,
-        )
+        with transaction.atomic():
+            meeting = Meeting.objects.create(
+                agent=agent,
+                calendar=calendar,
+                crm_lead_id=lead_id,
+                start=event.start,
+                end=event.end,
+                summary=summary[:300],
+                event_id=event.id,
+                html_link=event.html_link or "",
+                booked_by=booked_by,
+                key=key,
+            )
     except IntegrityError:  # booked by the same key a moment ago
         return Booked(Meeting.objects.get(key=key), created=False)
     _after_booking(agent, meeting, kommo=kommo, responsible_user_id=responsible_user_id)
@@ -231,7 +235,11 @@ def _after_booking(agent: Agent, meeting: Meeting, *, kommo: Integration | None,
     if meeting.crm_lead_id:
         from sequences.handlers import exit_on_meeting
 
-        exit_on_meeting(agent_id=agent.pk, lead_id=meeting.crm_lead_id)
+        # a sequence step that booked it does not end its own run (a confirmation may follow)
+        own = re.match(r"seq-run-(\d+)-step-", meeting.key)
+        exit_on_meeting(
+            agent_id=agent.pk, lead_id=meeting.crm_lead_id, except_run_id=int(own.group(1)) if own else None
+        )
     ExecutionLog.objects.create(
         agent=agent,
         kind=ExecutionLog.Kind.INTEGRATION,

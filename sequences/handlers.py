@@ -111,12 +111,15 @@ def exit_on_reply(message: ConversationMessage) -> None:
             run_exit(run, "the lead replied")
 
 
-def exit_on_meeting(*, agent_id: int, lead_id: int) -> int:
-    """A meeting was booked with the lead: its runs with the "meeting booked" rule end."""
+def exit_on_meeting(*, agent_id: int, lead_id: int, except_run_id: int | None = None) -> int:
+    """A meeting was booked with the lead: its runs with the "meeting booked" rule end
+    (except the run whose own step booked it)."""
     ended = 0
-    runs = SequenceRun.objects.filter(
-        agent_id=agent_id, crm_lead_id=lead_id, status__in=ACTIVE_RUN_STATUSES
-    ).select_related("sequence")
+    runs = (
+        SequenceRun.objects.filter(agent_id=agent_id, crm_lead_id=lead_id, status__in=ACTIVE_RUN_STATUSES)
+        .exclude(pk=except_run_id)
+        .select_related("sequence")
+    )
     for run in runs:
         if exit_rules_of(run.sequence.exit_rules).on_meeting_booked and run_exit(run, "a meeting was booked"):
             ended += 1

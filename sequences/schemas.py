@@ -12,6 +12,7 @@ from triggers.schemas import (
     EVENTS,
     AddNoteAction,
     ChangeStageAction,
+    CreateCalendarEventAction,
     CreateTaskAction,
     check_condition_list,
     template_problems,
@@ -62,6 +63,7 @@ class SendMessageStep(Schema):
 STEPS.register("create_task")(CreateTaskAction)
 STEPS.register("change_stage")(ChangeStageAction)
 STEPS.register("add_note")(AddNoteAction)
+STEPS.register("create_calendar_event")(CreateCalendarEventAction)
 
 
 def check_steps(value: Any) -> list[Problem]:

@@ -580,7 +580,7 @@ BAD_JSON = [
         "trigger",
         "actions",
         '[{"type": "sendd"}]',
-        'actions[0].type: unknown action "sendd" (known: add_note, add_tags, change_stage, create_task',
+        'actions[0].type: unknown action "sendd" (known: add_note, add_tags, change_stage, create_calendar_event',
     ),
     (
         "triggers_trigger",

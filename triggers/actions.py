@@ -11,17 +11,19 @@ event reporting them is known as the trigger's own (triggers/loops.py).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db.models import F
 from django.utils import timezone
 
-from agents import ai
+from agents import ai, booking
 from agents.models import Agent, Conversation, ConversationMessage
-from agents.schemas import parse_schedule
+from agents.schemas import Schedule, parse_schedule
 from crm import connection as crm
 from crm.client import LeadUpdate
 from crm.services import snapshot_metadata
@@ -47,7 +49,7 @@ class ActionContext:
     lead_id: int | None
     depth: int  # chain depth of the event that fired; own changes cause depth + 1
     trigger_id: int | None = None
-    now: datetime = field(default_factory=timezone.now)
+    now: datetime = field(default_factory=lambda: timezone.now())  # looked up per call: a test clock reaches it
     dry_run: bool = False
     reference: str = ""  # what started this work ("trigger:5:event:9"), for runs it starts
     action_key: str = ""  # the action or step being done, for its message's key
@@ -392,6 +394,134 @@ def stop_sequence(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, An
     return {"stopped_runs": stopped}
 
 
+# --- create_calendar_event -----------------------------------------------------------------
+
+SEQUENCE_KEY_PREFIX = "seq-run-"  # sequences.models.SequenceStep.idempotency_key
+FIT_STEP = timedelta(minutes=15)  # how finely a start is moved for the meeting to fit the working hours
+FIT_HORIZON = timedelta(days=8)
+
+
+def _calendar(ctx: ActionContext):
+    calendar = booking.agent_calendar(ctx.agent)
+    if calendar is None:
+        raise ActionFailed("the agent has no active Google Calendar integration")
+    return calendar
+
+
+def _fits(schedule: Schedule, start: datetime, end: datetime) -> bool:
+    # the rule of agents.booking: open at every quarter of the meeting and in its last minute
+    moment = start
+    while moment < end:
+        if not schedule.is_open(moment):
+            return False
+        moment += FIT_STEP
+    return schedule.is_open(end - timedelta(minutes=1))
+
+
+def meeting_start(action: Mapping[str, Any], ctx: ActionContext) -> datetime:
+    """When the meeting is planned (UTC): ``start_in_minutes`` after ``ctx.now`` rounded up
+    to the minute and, ``within_working_hours``, moved to the first time in the agent's
+    working hours where the whole meeting fits. Busy times are the booking's to avoid."""
+    start = (ctx.now + timedelta(minutes=action.get("start_in_minutes", 60))).astimezone(UTC)
+    if start.second or start.microsecond:
+        start = start.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    schedule = parse_schedule(ctx.agent.schedule) if action.get("within_working_hours", True) else None
+    if schedule is None:
+        return start
+    duration = timedelta(minutes=action.get("duration_minutes", 30))
+    moment = start
+    while moment < start + FIT_HORIZON:  # UTC arithmetic: a clock change does not stretch a meeting
+        opens = schedule.next_open(moment)
+        if opens is None:
+            return start  # never open: the booking says so
+        opens = opens.astimezone(UTC)
+        if _fits(schedule, opens, opens + duration):
+            return opens
+        moment = opens + FIT_STEP
+    return start
+
+
+def _meeting_key(action: Mapping[str, Any], ctx: ActionContext) -> str:
+    """The booking's idempotency key: the action's or step's own; without one (a caller
+    outside triggers and sequences) one from what started the work, the lead and the action."""
+    if ctx.action_key:
+        return ctx.action_key
+    digest = hashlib.sha256(json.dumps(dict(action), sort_keys=True).encode()).hexdigest()[:16]
+    origin = ctx.reference or f"agent-{ctx.agent.pk}-at-{ctx.now.timestamp():.0f}"
+    return f"calendar-{origin}-lead-{ctx.lead_id}-{digest}"[:120]
+
+
+def _attendees(action: Mapping[str, Any], ctx: ActionContext) -> list[str]:
+    if not action.get("invite_contact", True):
+        return []
+    email = ctx.variable("contact.email").strip()
+    return [email] if email else []
+
+
+def _meeting_texts(action: Mapping[str, Any], ctx: ActionContext) -> tuple[str, str]:
+    summary = ctx.render(action["summary"]) or action["summary"]
+    description = ctx.render(action["description"]) if action.get("description") else ""
+    return summary, description
+
+
+def _slots(slots, zone) -> str:
+    return ", ".join(slot.start.astimezone(zone).strftime("%Y-%m-%d %H:%M") for slot in slots) or "none found"
+
+
+def create_calendar_event(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """Book the meeting under the action's key (agents.booking.book): done again after a
+    crash or a retry, it finds the meeting (or the Google event) instead of booking a
+    second one. A busy start, with ``if_busy: next_free``, books the first free slot
+    (within working hours) instead."""
+    calendar = _calendar(ctx)
+    summary, description = _meeting_texts(action, ctx)
+    start = meeting_start(action, ctx)
+    zone = booking.agent_zone(ctx.agent)
+    arguments = {
+        "key": _meeting_key(action, ctx),
+        "duration": timedelta(minutes=action.get("duration_minutes", 30)),
+        "summary": summary,
+        "description": description,
+        "attendees": _attendees(action, ctx),
+        "lead_id": ctx.lead_id,
+        "kommo": ctx.kommo,
+        "responsible_user_id": _responsible({}, ctx),
+        "booked_by": "sequence" if ctx.action_key.startswith(SEQUENCE_KEY_PREFIX) else "trigger",
+        "send_updates": action.get("send_updates", "all"),
+        "check_hours": action.get("within_working_hours", True),
+    }
+
+    def book(at: datetime) -> booking.Booked:
+        return booking.book(ctx.agent, calendar, start=at, **arguments)
+
+    moved = ""
+    try:
+        booked = book(start)
+    except booking.SlotUnavailable as exc:
+        if action.get("if_busy", "next_free") != "next_free" or not exc.alternatives:
+            raise ActionFailed(
+                f"{exc} ({start.astimezone(zone):%Y-%m-%d %H:%M %Z}); free: {_slots(exc.alternatives, zone)}"
+            ) from exc
+        moved = str(exc)
+        try:
+            # UTC: the slot's own zone would add the duration on the wall clock
+            booked = book(exc.alternatives[0].start.astimezone(UTC))
+        except booking.SlotUnavailable as again:  # taken in the meantime
+            raise ActionFailed(f"{exc}, and the next free time too: {again}") from again
+    meeting = booked.meeting
+    result = {
+        "meeting_id": meeting.pk,
+        "event_id": meeting.event_id,
+        "start": meeting.start.astimezone(zone).isoformat(),
+        "end": meeting.end.astimezone(zone).isoformat(),
+        "link": meeting.html_link,
+        "already_booked": not booked.created,
+    }
+    if moved and booked.created:
+        result["moved"] = f"{moved} ({start.astimezone(zone).isoformat()}): the next free time was booked"
+    return result
+
+
 HANDLERS: dict[str, Callable[[Mapping[str, Any], ActionContext], dict[str, Any]]] = {
     "send_message": send_message,
     "create_task": create_task,
@@ -402,6 +532,7 @@ HANDLERS: dict[str, Callable[[Mapping[str, Any], ActionContext], dict[str, Any]]
     "add_note": add_note,
     "start_sequence": start_sequence,
     "stop_sequence": stop_sequence,
+    "create_calendar_event": create_calendar_event,
 }
 
 
@@ -436,6 +567,8 @@ def describe(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
             out["text"] = ctx.render(action["text"]) or action["text"]
         elif kind in ("start_sequence", "stop_sequence"):
             out.update(_describe_sequence(action, ctx))
+        elif kind == "create_calendar_event":
+            out.update(_describe_meeting(action, ctx))
         else:
             out.update({k: v for k, v in action.items() if k != "type"})
     except ActionFailed as exc:
@@ -465,4 +598,23 @@ def _describe_sequence(action: Mapping[str, Any], ctx: ActionContext) -> dict[st
         if action.get("sequence_id"):
             runs = runs.filter(sequence_id=action["sequence_id"])
         out["active_runs"] = list(runs.values_list("id", flat=True))
+    return out
+
+
+def _describe_meeting(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    """The meeting as planned: no free/busy look-up, nothing booked."""
+    summary, description = _meeting_texts(action, ctx)
+    zone = booking.agent_zone(ctx.agent)
+    start = meeting_start(action, ctx)
+    out: dict[str, Any] = {
+        "summary": summary,
+        "start": start.astimezone(zone).isoformat(),
+        "end": (start + timedelta(minutes=action.get("duration_minutes", 30))).astimezone(zone).isoformat(),
+        "attendees": _attendees(action, ctx),
+        "if_busy": action.get("if_busy", "next_free"),
+    }
+    if description:
+        out["description"] = description
+    if booking.agent_calendar(ctx.agent) is None:
+        out["would_fail"] = "the agent has no active Google Calendar integration"
     return out

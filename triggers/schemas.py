@@ -357,7 +357,15 @@ ACTIONS = Registry()
 
 # action types whose effect on the CRM is the same when done twice (a retried one may be
 # redone after a crash; the others are not repeated, so they happen at most once)
-IDEMPOTENT_ACTIONS = {"change_stage", "update_field", "add_tags", "remove_tags", "start_sequence", "stop_sequence"}
+IDEMPOTENT_ACTIONS = {
+    "change_stage",
+    "update_field",
+    "add_tags",
+    "remove_tags",
+    "start_sequence",
+    "stop_sequence",
+    "create_calendar_event",  # booked under the action's key: done again, it finds its meeting
+}
 
 
 @ACTIONS.register("send_message")
@@ -489,6 +497,28 @@ class StopSequenceAction(Schema):
 
     type: Literal["stop_sequence"]
     sequence_id: int | None = Field(default=None, ge=1)
+
+
+@ACTIONS.register("create_calendar_event")
+class CreateCalendarEventAction(Schema):
+    """Book a meeting with the lead in the agent's Google Calendar (agents/booking.py):
+    ``start_in_minutes`` from now, moved into working hours, never onto a busy time."""
+
+    type: Literal["create_calendar_event"]
+    summary: str = Field(min_length=1, max_length=300)
+    description: str | None = Field(default=None, max_length=8000)
+    start_in_minutes: int = Field(default=60, ge=0, le=60 * 24 * 365)
+    duration_minutes: int = Field(default=30, ge=5, le=480)
+    within_working_hours: bool = True
+    if_busy: Literal["next_free", "fail"] = "next_free"
+    send_updates: Literal["all", "externalOnly", "none"] = "all"
+    invite_contact: bool = True
+
+    def problems(self) -> list[Problem]:
+        problems = template_problems(self.summary, ("summary",))
+        if self.description:
+            problems += template_problems(self.description, ("description",))
+        return problems
 
 
 def check_actions(value: Any) -> list[Problem]:

@@ -2,9 +2,10 @@
 
 The JSON shapes are checked without context (triggers/schemas.py). Here, with the agent
 known: do the custom fields, pipelines, stages and users a trigger names exist in the
-agent's CRM (its last synced snapshot, ``manage.py sync_crm_fields``), and is a
-messenger integration the agent's own. Without a snapshot the CRM ids cannot be
-checked and are accepted; the integration checks always run.
+agent's CRM (its last synced snapshot, ``manage.py sync_crm_fields``), is a
+messenger integration the agent's own, and has the agent a Google Calendar for a
+meeting to be booked in. Without a snapshot the CRM ids cannot be checked and are
+accepted; the integration checks always run.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.booking import agent_calendar
 from config.validation import format_loc
 from crm.models import CrmSnapshot
 from integrations.models import Integration
@@ -129,9 +131,20 @@ def _check_actions(
     problems: _Problems, crm: CrmCatalogue | None, agent_id: int, actions: Any, column: str = "actions"
 ) -> None:
     messengers: dict[int, str] | None = None
+    has_calendar: bool | None = None
     for index, action in enumerate(actions or []):
         loc = (index,)
         kind = action.get("type")
+        if kind == "create_calendar_event":
+            if has_calendar is None:
+                has_calendar = agent_calendar(agent_id) is not None
+            if not has_calendar:
+                problems.add(
+                    column,
+                    loc + ("type",),
+                    "create_calendar_event needs the agent's Google Calendar integration "
+                    "(connect one to the agent, or switch it back on)",
+                )
         if kind == "send_message" and action.get("integration_id"):
             if messengers is None:
                 messengers = dict(

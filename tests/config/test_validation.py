@@ -52,8 +52,8 @@ def test_validator_raises_one_message_per_problem():
     assert error.value.messages == [
         "actions[0].text: this field is required",
         "actions[1].type: this field is required "
-        "(one of: add_note, add_tags, change_stage, create_task, remove_tags, send_message, start_sequence, "
-        "stop_sequence, update_field)",
+        "(one of: add_note, add_tags, change_stage, create_calendar_event, create_task, remove_tags, send_message, "
+        "start_sequence, stop_sequence, update_field)",
     ]
 
 

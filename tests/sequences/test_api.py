@@ -47,7 +47,7 @@ def test_steps_errors_name_the_step(api, agent):
     assert response.json()["steps"] == [
         "steps[0]: a delay needs minutes, hours or days greater than 0",
         'steps[1].type: unknown step "wait" '
-        "(known: add_note, change_stage, create_task, delay, generate_message, send_message)",
+        "(known: add_note, change_stage, create_calendar_event, create_task, delay, generate_message, send_message)",
         "steps[2]: give either text or use_generated: true, not both",
     ]
 

@@ -45,8 +45,8 @@ def test_unknown_action_type_is_named_with_its_position(api, agent):
 
     assert response.status_code == 400
     assert response.json() == {
-        "actions": ['actions[1].type: unknown action "sendd" (known: add_note, add_tags, change_stage, create_task, '
-        "remove_tags, send_message, start_sequence, stop_sequence, update_field)"]
+        "actions": ['actions[1].type: unknown action "sendd" (known: add_note, add_tags, change_stage, '
+        "create_calendar_event, create_task, remove_tags, send_message, start_sequence, stop_sequence, update_field)"]
     }
 
 

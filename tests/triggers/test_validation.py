@@ -326,8 +326,8 @@ def test_an_unknown_event_is_refused(agent, api):
 
 def test_an_unknown_action_type_lists_the_known_ones(refused):
     assert actions_error(refused, {"type": "send_sms", "text": "hi"}) == [
-        'actions[0].type: unknown action "send_sms" (known: add_note, add_tags, change_stage, create_task, '
-        "remove_tags, send_message, start_sequence, stop_sequence, update_field)"
+        'actions[0].type: unknown action "send_sms" (known: add_note, add_tags, change_stage, create_calendar_event, '
+        "create_task, remove_tags, send_message, start_sequence, stop_sequence, update_field)"
     ]
 
 
