@@ -218,6 +218,26 @@ def owner_id_of(obj: models.Model, owner_path: str) -> int | None:
     return getattr(obj, f"{last}_id")
 
 
+class ReadOnlyInline(admin.TabularInline):
+    """The rows of a history inside their parent's page (action runs of a firing, steps
+    of a run): shown to whoever may see the parent, never added, changed or deleted."""
+
+    extra = 0
+    can_delete = False
+
+    def has_view_permission(self, request, obj=None):
+        return is_admin_user(request.user)  # shown only inside a parent the user may see
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class OwnedAdminMixin(PrettyJSONMixin):
     """Superusers manage everything; other active staff manage their own agents and what
     hangs off them, without Django model permissions.

@@ -22,7 +22,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from agents.admin import OwnedAdminMixin, adopt, form_data, is_admin_user, pretty_json
+from agents.admin import OwnedAdminMixin, ReadOnlyInline, adopt, form_data, pretty_json
 
 from .models import ACTIVE_RUN_STATUSES, Sequence, SequenceRun, SequenceStep
 from .runner import LIVE_RUN, AlreadyRunning, CannotStart, run_cancel, run_pause, run_resume, run_retry, run_start
@@ -232,27 +232,13 @@ def run_change_report(change: RunChange, runs: Iterable[SequenceRun], request: H
     return ", ".join(parts) + ".", messages.WARNING if refused else messages.SUCCESS
 
 
-class SequenceStepInline(admin.TabularInline):
+class SequenceStepInline(ReadOnlyInline):
     """The run's steps, one row each, as far as they got."""
 
     model = SequenceStep
-    extra = 0
-    can_delete = False
     fields = ["index", "type", "status", "attempts", "due_at", "claimed_at", "finished_at", "output_pretty", "error"]
     readonly_fields = fields
     ordering = ["index"]
-
-    def has_view_permission(self, request, obj=None):
-        return is_admin_user(request.user)  # shown only inside a run the user may see
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="output")
     def output_pretty(self, step: SequenceStep) -> str:

@@ -27,9 +27,9 @@ from agents.admin import (
     JSONTextarea,
     OwnedAdminMixin,
     PrettyJSONField,
+    ReadOnlyInline,
     adopt,
     form_data,
-    is_admin_user,
     pretty_json,
 )
 from agents.models import Agent
@@ -703,27 +703,13 @@ def action_rows(planned: Any, words: RuleWords) -> list[dict[str, Any]]:
 # --- Firings -------------------------------------------------------------------------------
 
 
-class ActionRunInline(admin.TabularInline):
+class ActionRunInline(ReadOnlyInline):
     """The firing's actions, one row each, as far as they got."""
 
     model = ActionRun
-    extra = 0
-    can_delete = False
     fields = ["index", "type", "status", "attempts", "result_pretty", "error", "claimed_at", "finished_at"]
     readonly_fields = fields
     ordering = ["index"]
-
-    def has_view_permission(self, request, obj=None):
-        return is_admin_user(request.user)  # shown only inside a firing the user may see
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="result")
     def result_pretty(self, run: ActionRun) -> str:
