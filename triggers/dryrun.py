@@ -19,6 +19,10 @@ from .engine import Facts, contact_from_api, evaluate, lead_from_api, lead_value
 from .execution import agent_zone
 from .models import EntityState, Trigger
 
+# in a web request (the API, the admin): a busy account answers "try again" instead of
+# holding the request for a slot of its 7 requests a second
+WEB_CRM_WAIT_SECONDS = 5
+
 
 class CrmUnavailable(Exception):
     """The CRM could not be read just now (the message says why)."""
@@ -89,7 +93,7 @@ def trigger_dry_run(
         from agents.pipeline import read_lead_context
 
         try:
-            context = read_lead_context(kommo, lead_id)
+            context = read_lead_context(kommo, lead_id, max_wait=WEB_CRM_WAIT_SECONDS)
         except NotFound:
             raise ValidationError({"lead_id": [f"lead {lead_id} is not in the CRM"]}) from None
         except IntegrationError as exc:
