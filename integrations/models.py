@@ -97,11 +97,11 @@ class Integration(models.Model):
 
 
 class RateSlot(models.Model):
-    """The next free request slot of a rate-limited key, for processes without Redis
+    """The latest request slots of a rate-limited key, for processes without Redis
     (integrations/ratelimit.py)."""
 
     key = models.CharField(max_length=200, unique=True)
-    next_at = models.FloatField(default=0.0, help_text="Unix time of the next free slot.")
+    slots = models.TextField(blank=True, help_text="Unix times of the key's latest slots, oldest first.")
 
     def __str__(self) -> str:
         return self.key

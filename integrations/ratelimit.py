@@ -1,10 +1,18 @@
-"""Request spacing shared by every process that talks to one outside account.
+"""Request rate limits shared by every process that talks to one outside account.
 
-``acquire(key, per_second)`` reserves the next free slot for ``key`` and sleeps until it:
-requests are spread ``1/per_second`` apart however many processes send them. The slot
-lives in Redis when ``REDIS_URL`` is set (one atomic script, on the Redis server's
-clock), otherwise in the database (``RateSlot``, one row per key, moved by one atomic
-upsert statement: on PostgreSQL on the server's clock, on SQLite on this machine's).
+``acquire(key, per_second)`` reserves a slot for ``key`` and sleeps until it. The limit
+is a sliding window: at most ``count`` requests in any ``window`` seconds, where
+``count`` is ``per_second`` (capped at MAX_BURST) and ``window`` is ``count /
+per_second`` stretched by MARGIN. For Kommo's 7 requests a second that is any 7 in any
+1.05 s: an idle account sends a burst of 7 at once, a busy one averages 6.67 a second,
+and no second ever holds an 8th, which is all the CRM counts. A limit of one a second
+(a Telegram chat) is plain spacing. Above MAX_BURST a second may hold up to
+``per_second + MAX_BURST`` (only test settings go that high).
+
+The last ``count`` slots of a key are kept in Redis when ``REDIS_URL`` is set (one
+atomic script on the Redis server's clock), otherwise in the database (``RateSlot``,
+one row per key, read with its row locked and rewritten in one short transaction: on
+PostgreSQL on the server's clock, on SQLite on this machine's).
 
 Inside an open transaction (``transaction.atomic``) the database variant must not write
 through the caller's connection on PostgreSQL: the row would stay locked until the
@@ -15,8 +23,8 @@ open), which commits at once. SQLite has one writer at a time: inside a transact
 (begun IMMEDIATE) this process already holds the write lock, so a second connection
 could only wait for it; the slot is taken through the caller's connection and is
 forgotten if the caller rolls back (one request may then follow another sooner than the
-spacing). Calling an outside service inside a transaction holds that transaction open
-for the call's length in any case; services make their calls outside transactions.
+limit). Calling an outside service inside a transaction holds that transaction open for
+the call's length in any case; services make their calls outside transactions.
 """
 
 from __future__ import annotations
@@ -28,28 +36,57 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from .errors import RateLimited, TransientError
 
 logger = logging.getLogger(__name__)
 
-# A hair over 1/rate: requests leave a little later than their slot (sleep overshoot,
-# thread scheduling, connection set-up), and an early slot after a late one must not
-# put rate + 1 requests into one second. 5 % also absorbs some network jitter on the way
-# to the CRM, for about 95 % of the allowance (the burst benchmark measures it).
+# The window is stretched by 5 %: requests leave a little later than their slot (sleep
+# overshoot, thread scheduling, connection set-up) and reach the CRM with some network
+# jitter, and a request that left late must not share the CRM's second with the next
+# burst. The burst benchmark measures what it costs (about 5 % of the allowance).
 MARGIN = 1.05
+# The most slots kept per key: a limit above it is enforced over a shorter window.
+MAX_BURST = 32
 # A key outlives its last reserved slot by this much, so a quiet account's key expires.
 REDIS_KEY_TTL_SECONDS = 60
+
+
+def window_of(per_second: float) -> tuple[int, float]:
+    """(count, seconds): at most ``count`` requests in any ``seconds``."""
+    if per_second <= 0:
+        raise ValueError(f"per_second must be positive, not {per_second}")
+    count = max(1, min(int(per_second), MAX_BURST))
+    return count, MARGIN * count / per_second
+
+
+def next_slot(recent: list[float], now: float, count: int, window: float) -> float:
+    """The earliest slot at or after ``now`` that keeps ``count`` in any ``window``, given
+    the key's earlier slots (oldest first). Slots never go back in time, so the
+    ``count``-th newest is the one the window starts from."""
+    slot = now
+    if len(recent) >= count:
+        slot = max(slot, recent[-count] + window)
+    if recent:
+        slot = max(slot, recent[-1])
+    return slot
+
 
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local interval = tonumber(ARGV[1])
-local next_at = tonumber(redis.call('GET', KEYS[1]) or '0')
-local slot = math.max(now, next_at)
-local ttl_ms = math.ceil((slot + interval - now) * 1000) + tonumber(ARGV[2]) * 1000
-redis.call('SET', KEYS[1], string.format('%.6f', slot + interval), 'PX', ttl_ms)
+local count = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local slot = now
+local newest = redis.call('LINDEX', KEYS[1], 0)
+if newest then slot = math.max(slot, tonumber(newest)) end
+if redis.call('LLEN', KEYS[1]) >= count then
+  slot = math.max(slot, tonumber(redis.call('LINDEX', KEYS[1], count - 1)) + window)
+end
+redis.call('LPUSH', KEYS[1], string.format('%.6f', slot))
+redis.call('LTRIM', KEYS[1], 0, count - 1)
+redis.call('PEXPIRE', KEYS[1], math.ceil((slot + window - now + tonumber(ARGV[3])) * 1000))
 return {string.format('%.6f', slot), string.format('%.6f', now)}
 """
 
@@ -74,91 +111,95 @@ def _redis_script(url: str):
     return redis.Redis.from_url(url).register_script(_RESERVE)
 
 
-def _reserve_redis(key: str, interval: float) -> Reservation:
+def _reserve_redis(key: str, count: int, window: float) -> Reservation:
     import redis
 
     try:
         script = _redis_script(settings.REDIS_URL)
-        slot, now = script(keys=[f"ratelimit:{key}"], args=[interval, REDIS_KEY_TTL_SECONDS])
+        slot, now = script(keys=[f"ratelimit:{key}"], args=[count, window, REDIS_KEY_TTL_SECONDS])
         return Reservation(slot=float(slot), now=float(now))
     except redis.RedisError as exc:
         # never str(exc): a connection error can quote the URL, password included
         raise TransientError(f"rate limiter for {key}: Redis is unavailable ({type(exc).__name__})") from None
 
 
-_POSTGRESQL = """
-WITH clock AS (SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now)
-INSERT INTO {table} ({key}, {next_at})
-SELECT %s, clock.now + %s FROM clock
-ON CONFLICT ({key}) DO UPDATE SET {next_at} = GREATEST({table}.{next_at} + %s, EXCLUDED.{next_at})
-RETURNING {next_at}, (SELECT now FROM clock)
-"""
-
-_SQLITE = """
-INSERT INTO {table} ({key}, {next_at}) VALUES (%s, %s)
-ON CONFLICT ({key}) DO UPDATE SET {next_at} = MAX({table}.{next_at} + %s, excluded.{next_at})
-RETURNING {next_at}
-"""
-
-
-def _statement(template: str, connection) -> str:
+def _statements(connection) -> dict[str, str]:
     from .models import RateSlot
 
     quote = connection.ops.quote_name
-    return template.format(
-        table=quote(RateSlot._meta.db_table),
-        key=quote(RateSlot._meta.get_field("key").column),
-        next_at=quote(RateSlot._meta.get_field("next_at").column),
-    )
+    names = {
+        "table": quote(RateSlot._meta.db_table),
+        "key": quote(RateSlot._meta.get_field("key").column),
+        "slots": quote(RateSlot._meta.get_field("slots").column),
+    }
+    if connection.vendor == "postgresql":
+        # the clock is read with the row: if the lock was waited for, ``now`` is a little
+        # early, which can only make the caller wait longer, never send sooner
+        select = (
+            "SELECT {slots}, EXTRACT(EPOCH FROM clock_timestamp())::float8 FROM {table} WHERE {key} = %s FOR UPDATE"
+        )
+    elif connection.vendor == "sqlite":
+        select = "SELECT {slots} FROM {table} WHERE {key} = %s"  # the transaction holds the write lock
+    else:
+        raise NotImplementedError(f"no rate limiter for {connection.vendor}; set REDIS_URL")
+    return {
+        "select": select.format(**names),
+        "insert": "INSERT INTO {table} ({key}, {slots}) VALUES (%s, '') ON CONFLICT ({key}) DO NOTHING".format(**names),
+        "update": "UPDATE {table} SET {slots} = %s WHERE {key} = %s".format(**names),
+    }
 
 
-def _upsert(connection, key: str, interval: float) -> Reservation:
-    """One statement: the slot is max(now, the key's next slot); the key's next slot
-    moves one interval past it. Concurrent callers queue on the row, each sees the
-    value the previous one wrote."""
+def _reserve_row(connection, key: str, count: int, window: float) -> Reservation:
+    """Inside a transaction of ``connection``: lock the key's row, add a slot, write it back."""
+    sql = _statements(connection)
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(_statement(_POSTGRESQL, connection), [key, interval, interval])
-            next_at, now = cursor.fetchall()[0]
-        elif connection.vendor == "sqlite":
-            now = time.time()  # one file, one machine: every process reads the same clock
-            cursor.execute(_statement(_SQLITE, connection), [key, now + interval, interval])
-            # fetchall: SQLite commits an autocommit INSERT … RETURNING when it is read to the end
-            (next_at,) = cursor.fetchall()[0]
-        else:
-            raise NotImplementedError(f"no rate limiter for {connection.vendor}; set REDIS_URL")
-    return Reservation(slot=float(next_at) - interval, now=float(now))
+        cursor.execute(sql["select"], [key])
+        row = cursor.fetchone()
+        if row is None:
+            cursor.execute(sql["insert"], [key])
+            cursor.execute(sql["select"], [key])
+            row = cursor.fetchone()
+        now = float(row[1]) if connection.vendor == "postgresql" else time.time()
+        recent = [float(value) for value in (row[0] or "").split()]
+        slot = next_slot(recent, now, count, window)
+        kept = [*recent[-(count - 1) :], slot] if count > 1 else [slot]
+        cursor.execute(sql["update"], [" ".join(f"{value:.6f}" for value in kept), key])
+    return Reservation(slot=slot, now=now)
 
 
 def _own_connection(connection):
-    """A new connection to the same database, in autocommit, not shared with anyone."""
+    """A new connection to the same database, not shared with anyone."""
     settings_dict = dict(connection.settings_dict)
     options = dict(settings_dict.get("OPTIONS") or {})
-    options.pop("pool", None)  # a plain connection: it is closed right after one statement
+    options.pop("pool", None)  # a plain connection: it is closed right after one reservation
     settings_dict["OPTIONS"] = options
     settings_dict["CONN_MAX_AGE"] = 0
     return type(connection)(settings_dict, alias=f"{connection.alias}:ratelimit")
 
 
-def _reserve_database(key: str, interval: float) -> Reservation:
+def _reserve_database(key: str, count: int, window: float) -> Reservation:
     connection = connections[DEFAULT_DB_ALIAS]
-    if connection.in_atomic_block and connection.vendor != "sqlite":
+    if connection.in_atomic_block:
+        if connection.vendor == "sqlite":
+            return _reserve_row(connection, key, count, window)  # SQLite's one writer: the caller's
         own = _own_connection(connection)
         try:
-            return _upsert(own, key, interval)
+            own.set_autocommit(False)
+            reservation = _reserve_row(own, key, count, window)
+            own.commit()
+            return reservation
         finally:
             own.close()
-    return _upsert(connection, key, interval)  # autocommit, or SQLite's one writer
+    with transaction.atomic(using=connection.alias):
+        return _reserve_row(connection, key, count, window)
 
 
 def reserve_slot(key: str, per_second: float) -> Reservation:
     """Reserve the next slot of ``key``."""
-    if per_second <= 0:
-        raise ValueError(f"per_second must be positive, not {per_second}")
-    interval = MARGIN / per_second
+    count, window = window_of(per_second)
     if settings.REDIS_URL:
-        return _reserve_redis(key, interval)
-    return _reserve_database(key, interval)
+        return _reserve_redis(key, count, window)
+    return _reserve_database(key, count, window)
 
 
 def reserve(key: str, per_second: float) -> float:

@@ -163,6 +163,12 @@ class SequenceStep(models.Model):
                 condition=models.Q(status__in=("scheduled", "waiting")),
             ),
             models.Index(fields=["claimed_at"], name="step_running", condition=models.Q(status="running")),
+            # the dispatcher: steps in the queue, not started yet
+            models.Index(
+                fields=["queued_at"],
+                name="step_queued",
+                condition=models.Q(status__in=("scheduled", "waiting"), queued_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

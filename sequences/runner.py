@@ -79,6 +79,16 @@ def requeue_after() -> timedelta:
     """SEQUENCE_REQUEUE_SECONDS: a step queued and not started by then is queued again."""
     seconds = getattr(settings, "SEQUENCE_REQUEUE_SECONDS", None)
     return timedelta(seconds=seconds) if seconds else REQUEUE_AFTER
+QUEUED_MAX = 1000  # default; due steps handed to the queue and not started yet, at most
+
+
+def queued_max() -> int:
+    """SEQUENCE_QUEUED_MAX: the dispatcher hands over no more steps while this many wait in
+    the queue, so that a herd waits in the database, in due order, and a queued step is
+    started long before SEQUENCE_REQUEUE_SECONDS (after which it counts as lost)."""
+    return int(getattr(settings, "SEQUENCE_QUEUED_MAX", None) or QUEUED_MAX)
+
+
 INLINE_STEPS = 20  # steps one task may run back to back when they are due at once
 ERROR_MAX_CHARS = 1000
 
@@ -295,7 +305,9 @@ def _record(run: SequenceRun, what: str, *, step: SequenceStep | None = None, de
         error=error[:ERROR_MAX_CHARS],
         finished_at=timezone.now() if status != ExecutionLog.Status.STARTED else None,
     )
-    owner_id = Agent.objects.filter(pk=run.agent_id).values_list("owner_id", flat=True).first()
+    owner_id = getattr(run, "owner_id", None)  # set by the step runner, which has the agent
+    if owner_id is None:
+        owner_id = Agent.objects.filter(pk=run.agent_id).values_list("owner_id", flat=True).first()
     if owner_id:
         send_event_on_commit(owner_id=owner_id, type="sequence.step", payload=payload)
 
@@ -359,12 +371,16 @@ def _claim(step_id: int, now: datetime) -> bool:
 def step_run(step_id: int) -> str:
     """The task: claim the step and do it, then the steps after it that are due now."""
     results = []
+    agents: dict[int, Agent] = {}  # the steps of one run share it
     for _ in range(INLINE_STEPS):
         now = timezone.now()
         if not _claim(step_id, now):
             break
         step = SequenceStep.objects.select_related("run__sequence", "run__integration").get(pk=step_id)
-        next_id = _do_claimed(step)
+        agent = agents.get(step.run.agent_id) or agents.setdefault(
+            step.run.agent_id, Agent.objects.get(pk=step.run.agent_id)
+        )
+        next_id = _do_claimed(step, agent)
         results.append(step.status)
         if next_id is None:
             break
@@ -390,10 +406,10 @@ def _context(run: SequenceRun, agent: Agent) -> crm_actions.ActionContext:
     )
 
 
-def _do_claimed(step: SequenceStep) -> int | None:
+def _do_claimed(step: SequenceStep, agent: Agent) -> int | None:
     """Do a claimed step; record the outcome; return the next step's id when it is due now."""
     run = step.run
-    agent = Agent.objects.get(pk=run.agent_id)
+    run.owner_id = agent.owner_id  # for _record's live events
     started = time.monotonic()
     was_waiting = step.output.get("wake_at") is not None
     reason = exit_reason(run)
@@ -401,10 +417,7 @@ def _do_claimed(step: SequenceStep) -> int | None:
         SequenceStep.objects.filter(pk=step.pk).update(status=StepStatus.EXITED, finished_at=timezone.now())
         run_exit(run, reason)
         return None
-    with transaction.atomic():
-        SequenceRun.objects.filter(pk=run.pk, status__in=LIVE_RUN).update(
-            status=RunStatus.RUNNING, current_step=step.index
-        )
+    SequenceRun.objects.filter(pk=run.pk, status__in=LIVE_RUN).update(status=RunStatus.RUNNING, current_step=step.index)
     try:
         outcome = _execute(step, run, agent, was_waiting)
     except Exception as exc:  # a bug: fail visibly, do not retry blindly
@@ -610,9 +623,18 @@ def _claim_lost(step: SequenceStep) -> None:
 
 def dispatch_due(*, now: datetime | None = None, limit: int = 500) -> int:
     """Hand the steps that have come due to the task queue (each once), and recover
-    steps stuck "running" past STEP_TIMEOUT. Returns how many were queued."""
+    steps stuck "running" past STEP_TIMEOUT. Returns how many were queued.
+
+    A step is handed over again only when its task looks lost: queued longer ago than
+    SEQUENCE_REQUEUE_SECONDS and still not started. For that to mean lost and not merely
+    "behind a long queue", the queue is kept short: at most SEQUENCE_QUEUED_MAX steps
+    queued and not started; the rest of a herd waits here, oldest due first."""
     now = now or timezone.now()
     recovered = recover_stuck(now=now)
+    waiting = SequenceStep.objects.filter(status__in=CLAIMABLE, queued_at__gte=now - requeue_after()).count()
+    limit = min(limit, queued_max() - waiting)
+    if limit <= 0:
+        return 0
     due_steps = (
         SequenceStep.objects.filter(status__in=CLAIMABLE, due_at__lte=now, run__status__in=LIVE_RUN)
         .filter(Q(queued_at__isnull=True) | Q(queued_at__lt=now - requeue_after()))

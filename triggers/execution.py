@@ -32,14 +32,17 @@ logged with the reason. Other triggers of the event go on either way.
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -47,6 +50,7 @@ from agents.ai.errors import AIError, AIPermanentError
 from agents.models import Agent, ExecutionLog
 from agents.realtime import send_event_on_commit
 from agents.schemas import parse_schedule
+from agents.services import execution_logs_insert
 from crm.models import CrmEvent
 from integrations.errors import IntegrationError, NotFound, PermanentError, RateLimited, TransientError
 from integrations.models import Integration
@@ -95,24 +99,53 @@ def remember_state(event: CrmEvent) -> dict[str, list] | None:
         return None
     if not event.entity_id:
         return None
-    key = {"integration_id": event.integration_id, "entity_type": entity_type, "entity_id": event.entity_id}
-    with transaction.atomic():
-        state = EntityState.objects.select_for_update().filter(**key).first()
-        if state is None:
-            try:
-                with transaction.atomic():
-                    EntityState.objects.create(**key, values=values, previous=None, event_id=event.id)
-                return None
-            except IntegrityError:  # another worker stored it first
-                state = EntityState.objects.select_for_update().get(**key)
-        if state.event_id == event.id:
-            return state.previous  # this event again: the same change as the first time
-        if state.event_id and state.event_id > event.id:
-            return None  # a later event was seen already
-        previous = state.values
-        state.previous, state.values, state.event_id = previous, values, event.id
-        state.save(update_fields=["previous", "values", "event_id", "updated_at"])
-        return previous
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _remember_sql(connection),
+            [
+                event.integration_id,
+                entity_type,
+                event.entity_id,
+                json.dumps(values),
+                event.id,
+                connection.ops.adapt_datetimefield_value(timezone.now()),
+            ],
+        )
+        previous, event_id = cursor.fetchone()
+    if event_id != event.id:
+        return None  # a later event was seen already
+    # a new row (None); the values this event replaced; or, for this event again (a
+    # retry), the same change as the first time
+    return json.loads(previous) if isinstance(previous, str) else previous
+
+
+@functools.cache
+def _remember_statement(vendor: str, quote: Callable[[str], str]) -> str:
+    """One statement, atomic under concurrent workers: the row moves to this event's
+    values only when it has not seen this event or a later one."""
+    table = quote(EntityState._meta.db_table)
+    integration, entity_type, entity_id, values, previous, event_id, updated_at = (
+        quote(EntityState._meta.get_field(name).column)
+        for name in ("integration", "entity_type", "entity_id", "values", "previous", "event_id", "updated_at")
+    )
+    newer = f"({table}.{event_id} IS NULL OR {table}.{event_id} < EXCLUDED.{event_id})"
+    json_value = "%s::jsonb" if vendor == "postgresql" else "%s"
+
+    def moved(column: str, to: str) -> str:
+        return f"{column} = CASE WHEN {newer} THEN {to} ELSE {table}.{column} END"
+
+    return (
+        f"INSERT INTO {table} ({integration}, {entity_type}, {entity_id}, {values}, {previous}, {event_id}, "
+        f"{updated_at}) VALUES (%s, %s, %s, {json_value}, NULL, %s, %s) "
+        f"ON CONFLICT ({integration}, {entity_type}, {entity_id}) DO UPDATE SET "
+        f"{moved(previous, f'{table}.{values}')}, {moved(values, f'EXCLUDED.{values}')}, "
+        f"{moved(updated_at, f'EXCLUDED.{updated_at}')}, {moved(event_id, f'EXCLUDED.{event_id}')} "
+        f"RETURNING {previous}, {event_id}"
+    )
+
+
+def _remember_sql(db) -> str:
+    return _remember_statement(db.vendor, db.ops.quote_name)
 
 
 def lead_loader(integration: Integration, lead_id: int | None):
@@ -221,21 +254,30 @@ def run_triggers(event: CrmEvent) -> None:
     firings = {f.trigger_id: f for f in TriggerFiring.objects.filter(event_id=event.pk)}
     logged = _skips_logged(event) if event.attempts else set()
     skipped: list[ExecutionLog] = []
+    decided: list[tuple[Trigger, TriggerFiring | Result]] = []  # in trigger order: a firing, or a match to fire
     to_run: list[tuple[Trigger, TriggerFiring]] = []
     try:
         for trigger in triggers:
             firing = firings.get(trigger.pk)
-            if firing is None:
-                result, why_not = _decide(trigger, facts, cause)
-                if why_not is not None:
-                    if trigger.pk not in logged:  # a retry does not log a skip twice
-                        skipped.append(_skip_entry(trigger, event, why_not, cause, started))
-                    continue
-                firing = _fire(trigger, event, result, depth, cause)
-            to_run.append((trigger, firing))
-    finally:  # a CRM read failing midway (retried later) keeps the skips decided before it
-        if skipped:
-            ExecutionLog.objects.bulk_create(skipped)
+            if firing is not None:
+                decided.append((trigger, firing))
+                continue
+            result, why_not = _decide(trigger, facts, cause)
+            if why_not is not None:
+                if trigger.pk not in logged:  # a retry does not log a skip twice
+                    skipped.append(_skip_entry(trigger, event, why_not, cause, started))
+                continue
+            decided.append((trigger, result))
+    finally:  # a CRM read failing midway (retried later) keeps what was decided before it
+        if skipped or any(isinstance(item, Result) for _, item in decided):
+            with transaction.atomic():  # the skips and the new firings: one commit
+                execution_logs_insert(entries=skipped)
+                for trigger, item in decided:
+                    if isinstance(item, Result):
+                        item = _fire(trigger, event, item, depth, cause)
+                    to_run.append((trigger, item))
+        else:
+            to_run = [(trigger, item) for trigger, item in decided]
     from crm.dispatch import MAX_ATTEMPTS
 
     final = event.attempts + 1 >= MAX_ATTEMPTS
@@ -333,7 +375,7 @@ def _fire(trigger: Trigger, event: CrmEvent, result: Result, depth: int, cause: 
                     **({"cause": cause.as_dict()} if cause else {}),
                 },
             )
-            return TriggerFiring.objects.create(
+            firing = TriggerFiring.objects.create(
                 trigger=trigger,
                 event=event,
                 agent_id=trigger.agent_id,
@@ -343,6 +385,12 @@ def _fire(trigger: Trigger, event: CrmEvent, result: Result, depth: int, cause: 
                 depth=depth,
                 log=log,
             )
+            # every action's row now, so that running them needs no look-ups
+            firing.fresh_runs = ActionRun.objects.bulk_create(
+                ActionRun(firing=firing, index=index, type=action["type"])
+                for index, action in enumerate(firing.actions)
+            )
+            return firing
     except IntegrityError:  # another worker matched it a moment ago: share its firing
         return TriggerFiring.objects.get(event=event, trigger=trigger)
 
@@ -360,11 +408,14 @@ def firing_run(firing: TriggerFiring, ctx: action_types.ActionContext, *, final:
     if firing.status in (TriggerFiring.Status.DONE, TriggerFiring.Status.FAILED):
         return firing.status
     started = time.monotonic()
-    runs = {run.index: run for run in ActionRun.objects.filter(firing=firing)}
+    fresh = getattr(firing, "fresh_runs", None)  # just created by _fire, all pending
+    runs = {run.index: run for run in (fresh if fresh is not None else ActionRun.objects.filter(firing=firing))}
     status, error, retry = TriggerFiring.Status.DONE, "", None
     failed_at: int | None = None
     for index, action in enumerate(firing.actions):
-        run = runs.get(index) or _run_row(firing, index, action["type"])
+        run = runs.get(index)
+        if run is None:  # a firing from before its rows were made with it
+            run = runs[index] = _run_row(firing, index, action["type"])
         if run.status == ActionRun.Status.DONE:
             continue
         if run.status in (ActionRun.Status.FAILED, ActionRun.Status.NOT_RUN):
@@ -375,6 +426,7 @@ def firing_run(firing: TriggerFiring, ctx: action_types.ActionContext, *, final:
             continue
         if outcome == "busy":
             status, error, retry = TriggerFiring.Status.RETRYING, detail, TransientError(detail)
+            runs = None  # another worker holds a row: what it did is read afresh for the log
             break
         if outcome == "retry":
             status, error = TriggerFiring.Status.RETRYING, detail
@@ -383,8 +435,8 @@ def firing_run(firing: TriggerFiring, ctx: action_types.ActionContext, *, final:
         status, error, failed_at = TriggerFiring.Status.FAILED, f"action {index} ({action['type']}): {detail}", index
         break
     if failed_at is not None:
-        _not_run(firing, failed_at + 1)
-    _finish(firing, ctx, status, error, started)
+        _not_run(firing, failed_at + 1, runs)
+    _finish(firing, ctx, status, error, started, runs)
     if retry is not None:
         raise retry
     return status
@@ -411,14 +463,15 @@ def _run_action(run: ActionRun, action: dict[str, Any], ctx, *, final: bool) -> 
                 "interrupted: the worker stopped while doing it, and whether it reached the lead is not known; "
                 "not done again, so that it is never done twice"
             )
-            ActionRun.objects.filter(pk=run.pk).update(status=ActionRun.Status.FAILED, error=reason, finished_at=now)
+            _set(run, status=ActionRun.Status.FAILED, error=reason, finished_at=now)
             return "failed", reason
     claimed = ActionRun.objects.filter(pk=run.pk, status=run.status, attempts=run.attempts).update(
         status=ActionRun.Status.RUNNING, attempts=F("attempts") + 1, claimed_at=now
     )
     if not claimed:
         return "busy", f"action {run.index} was taken by another worker"
-    attempts = run.attempts + 1
+    attempts = run.attempts = run.attempts + 1
+    run.status, run.claimed_at = ActionRun.Status.RUNNING, now
     try:
         result = action_types.HANDLERS[action["type"]](action, ctx)
     except (TransientError, RateLimited, IntegrationError, AIError) as exc:
@@ -426,34 +479,47 @@ def _run_action(run: ActionRun, action: dict[str, Any], ctx, *, final: bool) -> 
             isinstance(exc, AIError) and not isinstance(exc, AIPermanentError)
         )
         if transient and not final:
-            ActionRun.objects.filter(pk=run.pk).update(status=ActionRun.Status.PENDING, error=_error(exc))
+            _set(run, status=ActionRun.Status.PENDING, error=_error(exc))
             return "retry", _error(exc)
         reason = _error(exc) if not transient else f"gave up after {attempts} attempts: {_error(exc)}"
         if isinstance(exc, IntegrationError) and not isinstance(exc, PermanentError | TransientError | RateLimited):
             reason = f"the CRM or channel refused the credentials ({_error(exc)}); reconnect the integration"
-        ActionRun.objects.filter(pk=run.pk).update(
-            status=ActionRun.Status.FAILED, error=reason[:ERROR_MAX_CHARS], finished_at=timezone.now()
-        )
+        _set(run, status=ActionRun.Status.FAILED, error=reason[:ERROR_MAX_CHARS], finished_at=timezone.now())
         return "failed", reason
     except Exception as exc:  # a bug: fail it visibly rather than retry blindly
         logger.exception("triggers.action.error", extra={"action_run_id": run.pk, "type": action["type"]})
         reason = f"unexpected error: {type(exc).__name__}"
-        ActionRun.objects.filter(pk=run.pk).update(
-            status=ActionRun.Status.FAILED, error=reason, finished_at=timezone.now()
-        )
+        _set(run, status=ActionRun.Status.FAILED, error=reason, finished_at=timezone.now())
         return "failed", reason
-    ActionRun.objects.filter(pk=run.pk).update(
-        status=ActionRun.Status.DONE, result=result, error="", finished_at=timezone.now()
-    )
+    _set(run, status=ActionRun.Status.DONE, result=result, error="", finished_at=timezone.now())
     return "done", ""
 
 
-def _not_run(firing: TriggerFiring, start: int) -> None:
+def _set(run: ActionRun, **values: Any) -> None:
+    """Write ``values`` to the action's row, and to the object (the firing's log reads it)."""
+    ActionRun.objects.filter(pk=run.pk).update(**values)
+    for name, value in values.items():
+        setattr(run, name, value)
+
+
+NOT_RUN_REASON = "an earlier action failed"
+
+
+def _not_run(firing: TriggerFiring, start: int, runs: dict[int, ActionRun] | None) -> None:
+    """Mark the actions after a failed one "not run" (those still pending)."""
+    if runs is not None and all(index in runs for index in range(start, len(firing.actions))):
+        ActionRun.objects.filter(firing=firing, index__gte=start, status=ActionRun.Status.PENDING).update(
+            status=ActionRun.Status.NOT_RUN, error=NOT_RUN_REASON
+        )
+        for index in range(start, len(firing.actions)):
+            if runs[index].status == ActionRun.Status.PENDING:
+                runs[index].status, runs[index].error = ActionRun.Status.NOT_RUN, NOT_RUN_REASON
+        return
     for index in range(start, len(firing.actions)):
         run = _run_row(firing, index, firing.actions[index]["type"])
         if run.status == ActionRun.Status.PENDING:
             ActionRun.objects.filter(pk=run.pk, status=ActionRun.Status.PENDING).update(
-                status=ActionRun.Status.NOT_RUN, error="an earlier action failed"
+                status=ActionRun.Status.NOT_RUN, error=NOT_RUN_REASON
             )
 
 
@@ -464,8 +530,11 @@ _LOG_STATUS = {
 }
 
 
-def action_outcomes(firing: TriggerFiring) -> list[dict[str, Any]]:
-    runs = {run.index: run for run in ActionRun.objects.filter(firing=firing)}
+def action_outcomes(firing: TriggerFiring, runs: dict[int, ActionRun] | None = None) -> list[dict[str, Any]]:
+    """Each action's status, result, error and attempts: from ``runs`` when the caller
+    holds them up to date, else read."""
+    if runs is None:
+        runs = {run.index: run for run in ActionRun.objects.filter(firing=firing)}
     outcomes = []
     for index, action in enumerate(firing.actions):
         run = runs.get(index)
@@ -480,14 +549,17 @@ def action_outcomes(firing: TriggerFiring) -> list[dict[str, Any]]:
     return outcomes
 
 
-def _finish(firing: TriggerFiring, ctx, status: str, error: str, started: float) -> None:
-    outcomes = action_outcomes(firing)
+def _finish(
+    firing: TriggerFiring, ctx, status: str, error: str, started: float, runs: dict[int, ActionRun] | None
+) -> None:
+    outcomes = action_outcomes(firing, runs)
     finished = timezone.now() if status != TriggerFiring.Status.RETRYING else None
     with transaction.atomic():
         TriggerFiring.objects.filter(pk=firing.pk).update(status=status, error=error, finished_at=finished)
         firing.status, firing.error, firing.finished_at = status, error, finished
         if firing.log_id:
-            log = ExecutionLog.objects.get(pk=firing.log_id)
+            # the log _fire just wrote is still in memory; an older firing's is read
+            log = firing.log if TriggerFiring.log.is_cached(firing) else ExecutionLog.objects.get(pk=firing.log_id)
             log.status = _LOG_STATUS[status]
             log.error = error
             log.detail = {**log.detail, "firing_id": firing.pk, "actions": outcomes}

@@ -245,6 +245,8 @@ SEQUENCE_DISPATCH_SECONDS = env.float("SEQUENCE_DISPATCH_SECONDS", default=1.0)
 SEQUENCE_STEP_TIMEOUT_SECONDS = env.int("SEQUENCE_STEP_TIMEOUT_SECONDS", default=600)
 # A due step handed to the queue and not started within this is handed over again.
 SEQUENCE_REQUEUE_SECONDS = env.int("SEQUENCE_REQUEUE_SECONDS", default=120)
+# At most this many due steps wait in the queue; the rest wait in the database, in due order.
+SEQUENCE_QUEUED_MAX = env.int("SEQUENCE_QUEUED_MAX", default=1000)
 
 # --- Encrypted credentials ------------------------------------------------------------
 # "id:base64-32-byte-key" entries, comma-separated, newest first. New ciphertexts use the

@@ -44,3 +44,37 @@ def test_logs_are_read_only(api, agent):
 
     assert api.post("/api/execution-logs/", {}, format="json").status_code == 405
     assert api.delete(f"/api/execution-logs/{entry.id}/").status_code == 405
+
+
+def test_entries_inserted_in_bulk_read_back_as_written(agent):
+    from datetime import UTC, datetime
+
+    from django.utils import timezone
+
+    from agents.models import ExecutionLog
+    from agents.services import LOG_INSERT_CHUNK, execution_logs_insert
+
+    finished = datetime(2026, 11, 25, 9, 30, 15, 123456, tzinfo=UTC)
+    entries = [
+        ExecutionLog(
+            agent_id=agent.id, kind="trigger", status="skipped", ref_type="trigger", ref_id=n, crm_lead_id=77,
+            detail={"reason": "Цена «100» не больше 200", "n": n, "seen": [1, None]}, error="", duration_ms=n,
+            finished_at=finished,
+        )  # fmt: skip
+        for n in range(LOG_INSERT_CHUNK + 3)  # two statements
+    ]
+    before = timezone.now()
+
+    execution_logs_insert(entries=entries)
+
+    rows = list(ExecutionLog.objects.filter(crm_lead_id=77).order_by("ref_id"))
+    assert [row.ref_id for row in rows] == list(range(LOG_INSERT_CHUNK + 3))
+    last = rows[-1]
+    assert (last.agent_id, last.kind, last.status, last.ref_type, last.duration_ms) == (
+        agent.id, "trigger", "skipped", "trigger", LOG_INSERT_CHUNK + 2,
+    )  # fmt: skip
+    assert last.detail == {"reason": "Цена «100» не больше 200", "n": LOG_INSERT_CHUNK + 2, "seen": [1, None]}
+    assert last.finished_at == finished
+    assert before <= last.created_at <= timezone.now()
+    # the ORM's own filters see them as it would its own rows
+    assert ExecutionLog.objects.filter(crm_lead_id=77, created_at__gte=before, detail__n=5).count() == 1

@@ -37,8 +37,10 @@ What it does, in one run:
    a run when the dispatcher handed a step again) and the CPU used, and checks that
    every run is done, and that the fake server got exactly one message per chat and one
    task per lead, nothing twice;
-8. the steady state: delays ending evenly over ``--steady-seconds`` (120) at
-   ``--steady-load`` (0.6) × the runs a second the worker managed in the herd;
+8. the steady state: ``--steady-runs`` (as many as ``--runs``: 10,000) runs whose delays
+   end evenly at ``--steady-load`` (0.6) × the runs a second the worker managed in the
+   herd, so over as long as that takes (``--steady-seconds`` instead fixes the span and
+   derives the number of runs);
 9. a herd of ``--single-account-runs`` (100) runs, all on one Kommo account, to show its
    7 requests/second allowance as the limit.
 
@@ -850,10 +852,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds over which the delays end; repeatable (default: 0, a thundering herd, and 60)",
     )
     parser.add_argument(
+        "--steady-runs",
+        type=int,
+        default=None,
+        help="then this many runs whose delays end evenly at --steady-load × the herd's rate (--runs; 0: skip)",
+    )
+    parser.add_argument(
         "--steady-seconds",
         type=float,
-        default=120,
-        help="then delays ending evenly over this long, at --steady-load × the herd's rate (120; 0: skip)",
+        default=0,
+        help="instead: delays ending evenly over this long at that rate (the runs follow from it)",
     )
     parser.add_argument("--steady-load", type=float, default=0.6, help="share of the herd's runs/s offered (0.6)")
     parser.add_argument(
@@ -1076,13 +1084,20 @@ def main(argv: list[str] | None = None) -> int:
             failures += [f"{label}: {p}" for p in r["problems"]]
             first_lead += 10_000_000
         herd = results.get("herd")
-        if args.steady_seconds and herd and herd["steps_per_second"]:
+        steady_runs = args.runs if args.steady_runs is None else args.steady_runs
+        if (args.steady_seconds or steady_runs) and herd and herd["steps_per_second"]:
             rate = args.steady_load * herd["steps_per_second"] / 3
-            runs = max(round(rate * args.steady_seconds), 10)
+            if args.steady_seconds:
+                runs, seconds = max(round(rate * args.steady_seconds), 10), args.steady_seconds
+            else:
+                runs, seconds = steady_runs, steady_runs / rate
             label = f"steady {rate:.1f} runs/s"
-            print(f"\n(steady: {args.steady_load:g} × the herd's {herd['steps_per_second'] / 3:.1f} runs/s)")
+            print(
+                f"\n(steady: {runs} runs at {args.steady_load:g} × the herd's {herd['steps_per_second'] / 3:.1f} "
+                f"runs/s, over {seconds:.0f} s)"
+            )
             everyone = list(range(args.agents))
-            r = scenario(label, args, ctx, worker, server, everyone, runs, args.steady_seconds, first_lead)
+            r = scenario(label, args, ctx, worker, server, everyone, runs, seconds, first_lead)
             results[label] = r
             failures += [f"{label}: {p}" for p in r["problems"]]
             first_lead += 10_000_000

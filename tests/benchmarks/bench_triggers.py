@@ -492,17 +492,19 @@ def cpu_seconds(group: int) -> float:
     return total / ticks
 
 
-def database_seconds() -> float | None:
-    """PostgreSQL's time executing statements in this database so far (other databases on
-    the server, other projects' tests, do not count); None on SQLite."""
+def database_stats() -> tuple[float, int] | None:
+    """PostgreSQL's time executing statements in this database so far, and its committed
+    transactions (other databases on the server, other projects' tests, do not count);
+    None on SQLite."""
     from django.db import connection
 
     if connection.vendor != "postgresql":
         return None
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_stat_clear_snapshot()")
-        cursor.execute("SELECT active_time FROM pg_stat_database WHERE datname = current_database()")
-        return cursor.fetchone()[0] / 1000
+        cursor.execute("SELECT active_time, xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        active, commits = cursor.fetchone()
+        return active / 1000, commits
 
 
 def measure_evaluation(integration, agent, events: int, warmup: int, seed: int, first_lead: int) -> dict:
@@ -589,7 +591,7 @@ def run_worker(args, env: dict[str, str], deliveries: list[list[int]], work: Pat
         log = work / f"worker-{label}.log"
         handle = open(log, "wb")
         connection.close()
-        db0 = database_seconds()
+        db0 = database_stats()
         started = time.monotonic()
         worker = subprocess.Popen(
             [sys.executable, "manage.py", "worker"],
@@ -624,7 +626,9 @@ def run_worker(args, env: dict[str, str], deliveries: list[list[int]], work: Pat
         result["worker_cpu_seconds"] = worker_cpu - (cpu_at_first_event or 0)
         if db0 is not None:
             time.sleep(1)  # the backends report their statistics when they end, within a second
-            result["postgres_active_seconds"] = database_seconds() - db0
+            active, commits = database_stats()
+            result["postgres_active_seconds"] = active - db0[0]
+            result["postgres_commits"] = commits - db0[1]
         result["log"] = str(log)
         lines = log.read_text(errors="replace").splitlines()
         errors = [line for line in lines if "ERROR" in line or "Traceback" in line]
@@ -724,6 +728,7 @@ def end_to_end(args, env, work: Path, server: FakeKommo, integrations: list, eve
         "most_in_one_second_one_account": server.most_in_one_second(),
         "worker_cpu_seconds": run.get("worker_cpu_seconds"),
         "postgres_active_seconds": run.get("postgres_active_seconds"),
+        "postgres_commits": run.get("postgres_commits"),
         "problems": problems,
     }
 
@@ -736,7 +741,10 @@ def show_e2e(name: str, r: dict) -> None:
     busy = f"{cpu / r['processing_span_seconds']:.2f}" if cpu and r["processing_span_seconds"] else "-"
     pg = ""
     if r.get("postgres_active_seconds") is not None:
-        pg = f", PostgreSQL busy {r['postgres_active_seconds']:.1f} s executing statements of this database"
+        pg = (
+            f", PostgreSQL busy {r['postgres_active_seconds']:.1f} s executing statements of this database, "
+            f"{r['postgres_commits'] / r['events']:.1f} commits an event"
+        )
     print(f"\n== {name}: {r['events']} events on {r['accounts']} account(s), {r['deliveries']} deliveries", flush=True)
     print(
         f"  {eps} events/s, {aps} actions/s ({per_account} a second per account); processing span "

@@ -1,7 +1,8 @@
-"""Request spacing shared across threads and processes (integrations/ratelimit.py).
+"""Request rate limits shared across threads and processes (integrations/ratelimit.py):
+at most ``count`` requests in any ``window``.
 
 Every test runs on the database variant, and on the Redis one when REDIS_URL is set (CI's
-second pass). Spacing is checked on the store's own clock (the reserved slots), which no
+second pass). The limit is checked on the store's own clock (the reserved slots), which no
 scheduling delay can blur; only the two-process test also looks at real send times, with
 generous bounds. No speed is asserted.
 """
@@ -9,7 +10,7 @@ generous bounds. No speed is asserted.
 from __future__ import annotations
 
 import json
-import statistics
+import random
 import subprocess
 import sys
 import threading
@@ -30,8 +31,14 @@ def new_key() -> str:
     return f"test:{uuid.uuid4().hex}"
 
 
-def interval(per_second: float) -> float:
-    return ratelimit.MARGIN / per_second
+def window(per_second: float) -> float:
+    return ratelimit.window_of(per_second)[1]
+
+
+def tightest(slots: list[float], count: int) -> float:
+    """The shortest time that holds count + 1 of the slots: never under the window."""
+    ordered = sorted(slots)
+    return min(b - a for a, b in zip(ordered, ordered[count:], strict=False))
 
 
 def use_backend(name: str, settings) -> None:
@@ -62,31 +69,49 @@ def _fresh_redis_clients():
     ratelimit._redis_script.cache_clear()
 
 
-def gaps(times: list[float]) -> list[float]:
-    ordered = sorted(times)
-    return [b - a for a, b in zip(ordered, ordered[1:], strict=False)]
-
-
 # --- One process ---------------------------------------------------------------------------
 
 
-def test_reservations_for_one_key_are_one_interval_apart(backend):
+def test_an_idle_key_sends_a_burst_then_one_burst_per_window(backend):
     key = new_key()
 
-    slots = [ratelimit.reserve_slot(key, 2).slot for _ in range(5)]
+    slots = [ratelimit.reserve_slot(key, 7).slot for _ in range(15)]
 
-    assert gaps(slots) == pytest.approx([interval(2)] * 4, abs=EXACT)
+    first = slots[0]
+    assert [round((slot - first) / window(7)) for slot in slots] == [0] * 7 + [1] * 7 + [2]
+    assert [slot - first for slot in slots] == pytest.approx([0] * 7 + [window(7)] * 7 + [2 * window(7)], abs=0.05)
+    assert tightest(slots, 7) >= window(7) - EXACT
+
+
+def test_kommo_s_limit_is_seven_in_any_second_with_a_margin():
+    assert ratelimit.window_of(7) == (7, pytest.approx(1.05))
+    assert ratelimit.window_of(1) == (1, pytest.approx(1.05))  # one a second: plain spacing
+    assert ratelimit.window_of(0.5) == (1, pytest.approx(2.1))
+    assert ratelimit.window_of(1000) == (ratelimit.MAX_BURST, pytest.approx(1.05 * ratelimit.MAX_BURST / 1000))
+
+
+def test_no_window_ever_holds_more_than_its_count_whatever_the_arrivals():
+    generator = random.Random(7)
+    for count, span in [(1, 1.0), (3, 0.5), (7, 1.05)]:
+        now, slots = 0.0, []
+        for _ in range(500):
+            now += generator.choice([0.0, 0.0, 0.01, 0.2, 1.5])
+            slot = ratelimit.next_slot(slots[-count:], now, count, span)
+            assert slot >= now
+            slots.append(slot)
+        assert slots == sorted(slots)
+        assert tightest(slots, count) >= span - 1e-9
 
 
 def test_acquire_sleeps_until_its_slot(backend):
     key, slept = new_key(), []
 
-    taken = [ratelimit.acquire(key, 2, sleep=slept.append) for _ in range(5)]
+    taken = [ratelimit.acquire(key, 2, sleep=slept.append) for _ in range(6)]
 
-    # the first is free; with no real sleeping each one queues one interval further
-    assert taken[0].wait == pytest.approx(0, abs=EXACT)
-    assert slept == [reservation.wait for reservation in taken[1:]]
-    assert slept == pytest.approx([n * interval(2) for n in range(1, 5)], abs=0.2)
+    # the first two are free; with no real sleeping each pair queues one window further
+    assert [reservation.wait for reservation in taken[:2]] == pytest.approx([0, 0], abs=EXACT)
+    assert slept == [reservation.wait for reservation in taken[2:]]
+    assert slept == pytest.approx([window(2), window(2), 2 * window(2), 2 * window(2)], abs=0.2)
 
 
 def test_keys_have_their_own_slots(backend):
@@ -96,7 +121,7 @@ def test_keys_have_their_own_slots(backend):
     assert ratelimit.reserve(second, 1) == pytest.approx(0, abs=EXACT)
     after = ratelimit.reserve_slot(first, 1)
 
-    assert after.slot - before.slot == pytest.approx(interval(1), abs=EXACT)
+    assert after.slot - before.slot == pytest.approx(window(1), abs=EXACT)
 
 
 def test_a_queue_longer_than_max_wait_raises_rate_limited(backend):
@@ -108,21 +133,21 @@ def test_a_queue_longer_than_max_wait_raises_rate_limited(backend):
     with pytest.raises(RateLimited) as caught:
         ratelimit.acquire(key, 1, max_wait=2, sleep=slept.append)
 
-    assert caught.value.retry_after == pytest.approx(3 * interval(1), abs=0.5)
+    assert caught.value.retry_after == pytest.approx(3 * window(1), abs=0.5)
     assert slept == []
     # the refused slot stays spent, so that waiting callers do not pile up further
-    assert ratelimit.reserve_slot(key, 1).slot - first.slot == pytest.approx(4 * interval(1), abs=EXACT)
+    assert ratelimit.reserve_slot(key, 1).slot - first.slot == pytest.approx(4 * window(1), abs=EXACT)
 
 
 def test_a_slot_can_be_taken_inside_a_transaction(shared_backend):
     key = new_key()
 
     with transaction.atomic():
-        first = ratelimit.reserve_slot(key, 2)
-        second = ratelimit.reserve_slot(key, 2)
+        first = ratelimit.reserve_slot(key, 1)
+        second = ratelimit.reserve_slot(key, 1)
 
     assert first.wait == pytest.approx(0, abs=EXACT)
-    assert second.slot - first.slot == pytest.approx(interval(2), abs=EXACT)
+    assert second.slot - first.slot == pytest.approx(window(1), abs=EXACT)
 
 
 def test_per_second_must_be_positive():
@@ -142,18 +167,18 @@ def test_a_slot_taken_inside_a_transaction_does_not_hold_up_other_callers(settin
 
     def reserve_elsewhere():
         try:
-            other.append(ratelimit.reserve_slot(key, 2))
+            other.append(ratelimit.reserve_slot(key, 1))
         finally:
             connection.close()
 
     with transaction.atomic():
-        mine = ratelimit.reserve_slot(key, 2)
+        mine = ratelimit.reserve_slot(key, 1)
         thread = threading.Thread(target=reserve_elsewhere)
         thread.start()
         thread.join(timeout=10)
         # before the outer transaction ends: the row was not left locked by it
         assert not thread.is_alive()
-    assert len(other) == 1 and other[0].slot - mine.slot == pytest.approx(interval(2), abs=EXACT)
+    assert len(other) == 1 and other[0].slot - mine.slot == pytest.approx(window(1), abs=EXACT)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -164,22 +189,22 @@ def test_a_slot_taken_in_a_transaction_that_rolls_back_still_counts(settings):
     key = new_key()
 
     with pytest.raises(ZeroDivisionError), transaction.atomic():
-        rolled_back = ratelimit.reserve_slot(key, 2)
+        rolled_back = ratelimit.reserve_slot(key, 1)
         raise ZeroDivisionError
 
-    assert ratelimit.reserve_slot(key, 2).slot - rolled_back.slot == pytest.approx(interval(2), abs=EXACT)
+    assert ratelimit.reserve_slot(key, 1).slot - rolled_back.slot == pytest.approx(window(1), abs=EXACT)
 
 
 # --- Threads and processes -----------------------------------------------------------------
 
 
-def test_threads_share_one_spacing(shared_backend):
+def test_threads_share_one_limit(shared_backend):
     key, slots, lock = new_key(), [], threading.Lock()
 
     def take(count: int) -> None:
         try:
             for _ in range(count):
-                slot = ratelimit.reserve_slot(key, 20).slot
+                slot = ratelimit.reserve_slot(key, 5).slot
                 with lock:
                     slots.append(slot)
         finally:
@@ -192,7 +217,7 @@ def test_threads_share_one_spacing(shared_backend):
         thread.join(timeout=30)
 
     assert len(slots) == 20
-    assert min(gaps(slots)) >= interval(20) - EXACT
+    assert tightest(slots, 5) >= window(5) - EXACT
 
 
 CHILD = """
@@ -248,17 +273,18 @@ def run_in_processes(key: str, *, processes: int, count: int, per_second: float,
                 child.wait()
 
 
-def test_two_processes_share_one_spacing(shared_backend, settings):
+def test_two_processes_share_one_limit(shared_backend, settings):
     env = process_env() | {"REDIS_URL": settings.REDIS_URL}
 
-    got = run_in_processes(new_key(), processes=2, count=10, per_second=20, env=env)
+    got = run_in_processes(new_key(), processes=2, count=8, per_second=5, env=env)
 
-    assert len(got["slots"]) == len(got["sent"]) == 20
-    assert min(gaps(got["slots"])) >= interval(20) - EXACT
-    # Unlimited, the twenty would leave within a few milliseconds; spaced, one every 1/20 s.
-    # Real send times carry the processes' sleep and scheduling jitter: loose bounds.
-    assert max(got["sent"]) - min(got["sent"]) >= 0.9 * 19 * interval(20)
-    assert statistics.median(gaps(got["sent"])) >= 0.8 * interval(20)
+    assert len(got["slots"]) == len(got["sent"]) == 16
+    assert tightest(got["slots"], 5) >= window(5) - EXACT
+    # Unlimited, the sixteen would leave within a few milliseconds; limited, in four bursts
+    # of five (or fewer) one window apart. Real send times carry the processes' sleep and
+    # scheduling jitter: loose bounds.
+    assert max(got["sent"]) - min(got["sent"]) >= 0.9 * 3 * window(5)
+    assert tightest(got["sent"], 5) >= 0.8 * window(5)
 
 
 # --- Redis ---------------------------------------------------------------------------------
@@ -274,7 +300,7 @@ def test_a_redis_key_lives_until_its_last_slot_has_passed(settings):
         ratelimit.reserve(key, 1)
 
     ttl_ms = redis.Redis.from_url(settings.REDIS_URL).pttl(f"ratelimit:{key}")
-    assert ttl_ms >= (100 * interval(1) + ratelimit.REDIS_KEY_TTL_SECONDS - 5) * 1000
+    assert ttl_ms >= (100 * window(1) + ratelimit.REDIS_KEY_TTL_SECONDS - 5) * 1000
 
 
 def test_an_unreachable_redis_is_a_transient_error_without_the_password(settings):

@@ -641,3 +641,28 @@ def test_retrying_twice_runs_the_step_once(agent, kommo, vendors, clock):
 
     assert runner.run_retry(run) is True
     assert runner.run_retry(stale_copy) is False  # the second click sees the run is no longer failed
+
+
+def test_a_herd_waits_in_the_database_and_only_a_lost_task_is_handed_over_again(
+    agent, kommo, clock, settings, monkeypatch
+):
+    settings.SEQUENCE_QUEUED_MAX = 3
+    settings.SEQUENCE_REQUEUE_SECONDS = 120
+    queued: list[int] = []
+    monkeypatch.setattr(runner, "async_task", lambda name, step_id, **kwargs: queued.append(step_id))
+    sequence = make_sequence(agent, trigger_config={}, steps=[{"type": "delay", "hours": 1}])
+    runs = [start(sequence, lead_id=LEAD + n) for n in range(5)]
+    queued.clear()  # the starts' own tasks (each run's first step is due at once)
+    SequenceStep.objects.update(queued_at=None)
+    for n, run in enumerate(runs):  # due one after another, the last first in id order
+        SequenceStep.objects.filter(run=run).update(due_at=T0 - timedelta(minutes=10 - n))
+    by_due = [first_step(run).pk for run in runs]
+
+    assert dispatch_due() == 3 and queued == by_due[:3]  # the oldest due first, up to the cap
+    clock.advance(seconds=30)
+    assert dispatch_due() == 0  # three wait in the queue: the others wait here
+    step_run(by_due[0])  # a worker takes one: there is room for one more
+    assert dispatch_due() == 1 and queued[-1] == by_due[3]
+    clock.advance(seconds=100)  # two of the first three, queued 130 s ago and never started, are lost
+    assert dispatch_due() == 2 and queued[-2:] == by_due[1:3]  # handed over again; the fifth still waits
+    assert dispatch_due() == 0 and by_due[4] not in queued

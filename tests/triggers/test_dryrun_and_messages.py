@@ -312,9 +312,8 @@ def _interrupted_send(agent, kommo, telegram, *, row_status: str | None):
         patch.setattr(execution, "firing_run", lambda firing, ctx, final=False: "running")  # dies before acting
         process_events([event_id])
     firing = TriggerFiring.objects.get()
-    ActionRun.objects.create(
-        firing=firing, index=0, type="send_message", status="running", attempts=1,
-        claimed_at=timezone.now() - timedelta(minutes=10),
+    ActionRun.objects.filter(firing=firing, index=0).update(  # made with the firing; the worker claimed it
+        status="running", attempts=1, claimed_at=timezone.now() - timedelta(minutes=10)
     )
     if row_status:
         ConversationMessage.objects.create(
