@@ -27,6 +27,7 @@ from django.utils.module_loading import import_string
 from django_q.tasks import schedule
 
 from agents import ai
+from agents.ai.base import usage_for_agent
 from agents.ai.errors import AIError, AIPermanentError, AIRateLimited
 from agents.language import reply_language
 from crm import connection as crm
@@ -168,11 +169,12 @@ def _reply(message: ConversationMessage) -> tuple[str, str]:
     history = _history(message)
     tools = _calendar_tools(agent, conversation, message, context, kommo) if not handoff else None
     try:
-        if tools is not None:
-            system += "\n\n" + calendar_tools.prompt_note(agent)
-            completion = ai.run_tools(agent.ai_model, system, history, tools.tools, tools)
-        else:
-            completion = ai.complete(model_spec=agent.ai_model, system=system, messages=history)
+        with usage_for_agent(agent.pk):
+            if tools is not None:
+                system += "\n\n" + calendar_tools.prompt_note(agent)
+                completion = ai.run_tools(agent.ai_model, system, history, tools.tools, tools)
+            else:
+                completion = ai.complete(model_spec=agent.ai_model, system=system, messages=history)
     except AIRateLimited as exc:
         raise Retry(f"AI provider: {exc}", exc.retry_after) from exc
     except AIPermanentError as exc:

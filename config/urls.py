@@ -38,4 +38,6 @@ urlpatterns = [
     path("", include("crm.urls")),
     path("", include("agents.urls")),
     path("", include("integrations.google.urls")),
+    path("", include("observability.metrics_urls")),
+    path("", include("observability.activity_urls")),
 ]

@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.db import close_old_connections
 from django.http.request import split_domain_port, validate_host
 
+from observability.requestlog import ANONYMOUS, log_request
+
 from . import intake
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/api/webhooks/crm/"
+VIEW_NAME = "crm-webhook"  # the URL name of the view (crm/views.py) answering the same requests
 # At most this many deliveries are stored at a time by one server process, each thread
 # holding one database connection (bounded by the pool's size when the pool is on). More
 # threads only contend for the GIL and the CPU: with 2 processes on 2 cores, 3-4 threads
@@ -46,6 +50,7 @@ class WebhookIntake:
         headers = _headers(scope) if key is not None else {}
         if key is None or not _host_allowed(headers):
             return await self.app(scope, receive, send)
+        started = time.perf_counter()
         answer = intake.delivery_precheck(
             content_type=headers.get("content-type", ""), content_length=headers.get("content-length")
         )
@@ -56,6 +61,15 @@ class WebhookIntake:
             loop = asyncio.get_running_loop()
             answer = await loop.run_in_executor(self.executor(), _receive, key, body)
         await _respond(send, answer)
+        # the request line Django's middleware writes for every other request
+        log_request(
+            method="POST",
+            path=scope["path"],
+            status=answer.status,
+            seconds=time.perf_counter() - started,
+            user=ANONYMOUS,
+            view=VIEW_NAME,
+        )
 
     def executor(self) -> ThreadPoolExecutor:
         if self._executor is None:

@@ -20,6 +20,7 @@ import requests
 
 from integrations import http
 from integrations.errors import AuthError, IntegrationError, NotFound, PermanentError, RateLimited, TransientError
+from observability.metrics import integration_call_failed
 
 logger = logging.getLogger(__name__)
 
@@ -383,6 +384,7 @@ class KommoClient:
             )
             retry_after = getattr(error, "retry_after", None)
             if not retryable or attempt == last or (retry_after or 0) > self._retry.max_delay:
+                integration_call_failed(vendor="Kommo", call=what, error=error, attempts=attempt + 1)
                 raise error
             delay = self._retry.delay(attempt, retry_after)
             logger.warning(

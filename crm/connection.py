@@ -11,6 +11,10 @@ integration's row: the first process refreshes and stores the new pair in the sa
 transaction; the others wait for the lock, see that the token changed, and use the new
 one. A refresh that the CRM refuses marks the integration "needs re-connection" (in the
 admin and live) and raises AuthError; nothing retries it until someone reconnects.
+
+Each refresh also replaces the refresh token (it lasts three months unused), and records
+when in ``Integration.refresh_token_renewed_at``; ``rotate`` refreshes on demand, for the
+scheduled rotation of idle integrations (integrations/rotation.py).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import TypeVar
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from integrations import ratelimit
 from integrations.errors import AuthError, IntegrationError, PermanentError, TransientError
@@ -87,12 +92,34 @@ def access_token(integration: Integration) -> str:
 
 def refresh(integration: Integration, *, stale_token: str) -> str:
     """Refresh the token pair once, whoever asks: return the token to use now."""
-    outcome: str | Exception
+    token, _ = _refresh(integration, stale_token)
+    return token
+
+
+def rotate(integration: Integration) -> bool:
+    """Renew the refresh token now, however long the access token has left: the scheduled
+    OAuth rotation (integrations/rotation.py, OAUTH_ROTATORS). It goes through the same
+    lock as every refresh, so it never spends a refresh token another process is using:
+    True when this call renewed the pair, False when another process refreshed while we
+    waited (its pair is kept). Raises like ``refresh``: AuthError when refused (the
+    integration then needs re-connection), another IntegrationError when it failed."""
+    credentials = integration.credentials or {}
+    if not credentials.get("refresh_token"):
+        raise NotConnected(
+            f"Kommo integration {integration.id} has no refresh token (a long-lived token is not renewed)"
+        )
+    _, renewed = _refresh(integration, credentials.get("access_token") or "")
+    return renewed
+
+
+def _refresh(integration: Integration, stale_token: str) -> tuple[str, bool]:
+    """The token to use now, and whether this call refreshed it (False: another process had)."""
+    outcome: tuple[str, bool] | Exception
     try:
         outcome = _refresh_locked(integration, stale_token)
     except IntegrationError as exc:
         outcome = exc
-    if isinstance(outcome, str):
+    if not isinstance(outcome, Exception):
         return outcome
     # after the transaction: a status written inside it would roll back with the error
     if isinstance(outcome, AuthError):
@@ -104,14 +131,15 @@ def refresh(integration: Integration, *, stale_token: str) -> str:
     raise outcome
 
 
-def _refresh_locked(integration: Integration, stale_token: str) -> str:
+def _refresh_locked(integration: Integration, stale_token: str) -> tuple[str, bool]:
     with transaction.atomic():
         locked = Integration.objects.select_for_update().get(pk=integration.pk)
         credentials = dict(locked.credentials or {})
         current = credentials.get("access_token")
         if current and current != stale_token and not _expires_soon(credentials):
             integration.credentials = credentials  # another process refreshed while we waited
-            return current
+            integration.refresh_token_renewed_at = locked.refresh_token_renewed_at
+            return current, False
         missing = [k for k in ("refresh_token", "client_id", "client_secret", "redirect_uri") if not credentials.get(k)]
         if missing:
             raise AuthError(
@@ -125,11 +153,16 @@ def _refresh_locked(integration: Integration, stale_token: str) -> str:
             redirect_uri=credentials["redirect_uri"],
             refresh_token=credentials["refresh_token"],
         )
+        if pair.refresh_token != credentials["refresh_token"]:  # Kommo sends a new one every time
+            locked.refresh_token_renewed_at = timezone.now()
         credentials.update(token_credentials(pair))
-        Integration.objects.filter(pk=locked.pk).update(credentials=credentials)
+        Integration.objects.filter(pk=locked.pk).update(
+            credentials=credentials, refresh_token_renewed_at=locked.refresh_token_renewed_at
+        )
         integration.credentials = credentials
+        integration.refresh_token_renewed_at = locked.refresh_token_renewed_at
     logger.info("crm.token.refreshed", extra={"integration_id": integration.id})
-    return pair.access_token
+    return pair.access_token, True
 
 
 def token_credentials(pair: TokenPair) -> dict[str, str]:

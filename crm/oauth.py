@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core import signing
 from django.db import transaction
 from django.urls import reverse
+from django.utils import timezone
 
 from integrations.errors import IntegrationError
 from integrations.models import Integration
@@ -93,9 +94,13 @@ def complete(*, integration: Integration, code: str, referer: str = "") -> Integ
     except IntegrationError as exc:
         raise OAuthError(f"Kommo did not accept the connection: {exc}") from None
     credentials.update(connection.token_credentials(pair), redirect_uri=redirect_uri)
+    renewed_at = timezone.now()  # a new refresh token: the OAuth rotation counts from here
     with transaction.atomic():
-        Integration.objects.filter(pk=integration.pk).update(config=config, credentials=credentials)
+        Integration.objects.filter(pk=integration.pk).update(
+            config=config, credentials=credentials, refresh_token_renewed_at=renewed_at
+        )
         integration.config, integration.credentials = config, credentials
+        integration.refresh_token_renewed_at = renewed_at
     try:
         account = connection.call(integration, lambda client: client.account())
     except IntegrationError:

@@ -6,11 +6,15 @@ import hashlib
 import json
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.urls import reverse
+from django.http import HttpRequest, JsonResponse
+from django.urls import path, reverse
+from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from agents.admin import OwnedAdminMixin, adopt, form_data, keys_set
 from config.validation import raise_problems
@@ -124,36 +128,109 @@ class IntegrationAdminForm(forms.ModelForm):
 @admin.register(Integration)
 class IntegrationAdmin(OwnedAdminMixin, admin.ModelAdmin):
     form = IntegrationAdminForm
-    list_display = ["integration_type", "agent", "active", "status_badge", "credentials_set", "updated_at"]
+    list_display = ["integration_type", "agent", "active", "health", "credentials_set", "updated_at"]
     list_filter = ["integration_type", "active", "status", ("agent", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["agent__name", "integration_type"]
     list_select_related = ["agent"]
     readonly_fields = [
         "stored_credentials",
         "connection",
+        "token_renewed",
         "status_badge",
-        "status_detail",
-        "status_changed_at",
+        "last_error",
+        "status_since",
         "webhook",
         "created_at",
         "updated_at",
     ]
     fieldsets = [
         (None, {"fields": ["agent", "integration_type", "active", "config"]}),
-        ("Credentials", {"fields": ["stored_credentials", "new_credentials", "connection"]}),
-        ("Health", {"fields": ["status_badge", "status_detail", "status_changed_at"]}),
+        ("Credentials", {"fields": ["stored_credentials", "new_credentials", "connection", "token_renewed"]}),
+        ("Health", {"fields": ["status_badge", "last_error", "status_since"]}),
         ("Webhook", {"fields": ["webhook"]}),
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
     actions = ["regenerate_webhook_key"]
 
+    class Media:
+        # the badges below follow integration.status events on the events socket
+        css = {"all": ["observability/live.css"]}
+        js = ["observability/live.js", "observability/integration_health.js"]
+
+    # Health: each part carries the integration's id, so that integration_health.js can
+    # redraw it when the socket announces a change (it asks the server for the new state).
+
     @admin.display(description="status", ordering="status")
     def status_badge(self, integration: Integration) -> str:
-        colours = {"connected": "#2e7d32", "needs_reconnect": "#c62828", "failing": "#ef6c00", "new": "#666"}
+        if not integration.pk:
+            return format_html('<strong class="health-badge">{}</strong>', integration.get_status_display())
         return format_html(
-            '<strong style="color: {}">{}</strong>',
-            colours.get(integration.status, "#666"),
+            '<strong class="health-badge health-{}" data-integration-health-status="{}" data-health-url="{}">'
+            "{}</strong>",
+            integration.status,
+            integration.pk,
+            reverse("admin:integrations_integration_health"),
             integration.get_status_display(),
+        )
+
+    @admin.display(description="last error")
+    def last_error(self, integration: Integration, empty: str = "—") -> str:
+        return format_html(
+            '<span class="health-detail" data-integration-health-detail="{}" data-empty="{}">{}</span>',
+            integration.pk or "",
+            empty,
+            integration.status_detail or empty,
+        )
+
+    @admin.display(description="since", ordering="status_changed_at")
+    def status_since(self, integration: Integration) -> str:
+        changed = integration.status_changed_at
+        return format_html(
+            '<time class="health-since" data-integration-health-since="{}" datetime="{}">{}</time>',
+            integration.pk or "",
+            changed.isoformat() if changed else "",
+            formats.date_format(timezone.localtime(changed), "DATETIME_FORMAT") if changed else "—",
+        )
+
+    @admin.display(description="health", ordering="status")
+    def health(self, integration: Integration) -> str:
+        """The list's column: status, since when, and the last error under it."""
+        return format_html(
+            '{} <span class="help" data-integration-health-since-label="{}"{}>since</span> {}<div>{}</div>',
+            self.status_badge(integration),
+            integration.pk or "",
+            "" if integration.status_changed_at else mark_safe(" hidden"),
+            self.status_since(integration),
+            self.last_error(integration, empty=""),
+        )
+
+    def get_urls(self):
+        health = path("health/", self.admin_site.admin_view(self.health_view), name="integrations_integration_health")
+        return [health, *super().get_urls()]
+
+    def health_view(self, request: HttpRequest) -> JsonResponse:
+        """``?id=1&id=2``: those integrations' health now, for the live badges (those the
+        user may see in this admin; others are left out)."""
+        try:
+            ids = [int(value) for value in request.GET.getlist("id")[:500]]
+        except ValueError:
+            return JsonResponse({"detail": "id: expected integration ids"}, status=400)
+        integrations = self.get_queryset(request).filter(pk__in=ids)
+        return JsonResponse(
+            {
+                "integrations": [
+                    {
+                        "id": integration.pk,
+                        "status": integration.status,
+                        "label": integration.get_status_display(),
+                        "detail": integration.status_detail,
+                        "changed_at": integration.status_changed_at.isoformat()
+                        if integration.status_changed_at
+                        else None,
+                    }
+                    for integration in integrations.only("id", "status", "status_detail", "status_changed_at")
+                ]
+            }
         )
 
     def get_fieldsets(self, request, obj=None):
@@ -186,14 +263,34 @@ class IntegrationAdmin(OwnedAdminMixin, admin.ModelAdmin):
             )
         if integration.status == Integration.Status.NEEDS_RECONNECT:
             return format_html(
-                '<a class="button" href="{}">Reconnect Google</a> '
-                '<strong style="color: #c62828">Google no longer accepts this connection: connect again.</strong>',
+                '<a class="button" href="{}">Reconnect Google</a> <strong class="health-needs_reconnect">'
+                "Google no longer accepts this connection: connect again.</strong>",
                 url,
             )
         return format_html(
             '<a class="button" href="{}">Reconnect Google</a> '
             '<span class="help">Connected. Reconnect to use another Google account.</span>',
             url,
+        )
+
+    @admin.display(description="refresh token")
+    def token_renewed(self, integration: Integration | None) -> str:
+        """When the OAuth refresh token was last renewed (integrations/rotation.py)."""
+        if not integration or not integration.pk or not (integration.credentials or {}).get("refresh_token"):
+            return "—"  # not connected with OAuth (a long-lived token, a messenger)
+        renewed = integration.refresh_token_renewed_at
+        when = formats.date_format(timezone.localtime(renewed), "DATETIME_FORMAT") if renewed else "not recorded yet"
+        if integration.integration_type == Integration.Type.GOOGLE_CALENDAR:
+            return format_html(
+                'Refresh token last confirmed {} <span class="help">Google keeps one refresh token per connection; '
+                "it is checked when {} days old, and only reconnecting replaces it.</span>",
+                when,
+                settings.OAUTH_ROTATE_AFTER_DAYS,
+            )
+        return format_html(
+            'Refresh token renewed {} <span class="help">Renewed automatically when {} days old.</span>',
+            when,
+            settings.OAUTH_ROTATE_AFTER_DAYS,
         )
 
     @admin.display(description="webhook URL")

@@ -64,6 +64,16 @@ class Integration(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.NEW, editable=False)
     status_detail = models.TextField(blank=True, editable=False, help_text="The last error, when there is one.")
     status_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    refresh_token_renewed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=(
+            "OAuth: when the refresh token was last renewed (Kommo issues a new one with every refresh) "
+            "or, for Google, which keeps one refresh token per consent, last proved to work. "
+            "Empty: not known yet."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -1,6 +1,7 @@
 """Writes to integrations. Credentials are replaced as a whole or left as they are."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,8 +10,11 @@ from django.utils import timezone
 
 from agents.realtime import send_event_on_commit
 from config.services import model_save
+from observability import metrics
 
 from .models import Integration, new_webhook_key
+
+logger = logging.getLogger(__name__)
 
 INTEGRATION_FIELDS = ("agent", "integration_type", "config", "credentials", "active")
 
@@ -58,6 +62,7 @@ def integration_set_status(*, integration: Integration, status: str, detail: str
         return integration
     with transaction.atomic():
         changed = integration.status != status
+        previous = integration.status
         integration.status = status
         integration.status_detail = detail
         if changed:
@@ -67,7 +72,34 @@ def integration_set_status(*, integration: Integration, status: str, detail: str
         )
         if changed:
             _push(integration, "integration.status", status=status, detail=detail)
+    if changed:
+        _log_status_change(integration, previous)
     return integration
+
+
+def _log_status_change(integration: Integration, previous: str) -> None:
+    """One ``integration.status_changed`` line (a warning when the integration broke) and
+    one count per change of health; the failures themselves are logged and counted by the
+    clients (integration.call_failed)."""
+    broken = integration.status in (Integration.Status.FAILING, Integration.Status.NEEDS_RECONNECT)
+    logger.log(
+        logging.WARNING if broken else logging.INFO,
+        "integration.status_changed",
+        extra={
+            "integration_id": integration.pk,
+            "agent_id": integration.agent_id,
+            "integration_type": integration.integration_type,
+            "status": integration.status,
+            "previous": previous,
+            "detail": integration.status_detail,
+        },
+    )
+    metrics.count(
+        metrics.INTEGRATION_STATUS_CHANGES,
+        integration_type=integration.integration_type,
+        status=integration.status,
+        agent=str(integration.agent_id),
+    )
 
 
 @transaction.atomic

@@ -287,11 +287,16 @@ def _record(run: SequenceRun, what: str, *, step: SequenceStep | None = None, de
     payload = {
         "run_id": run.pk,
         "sequence_id": run.sequence_id,
+        "agent_id": run.agent_id,
         "lead_id": run.crm_lead_id,
         "run_status": run.status,
         "event": what,
         "next_due_at": run.next_due_at.isoformat() if run.next_due_at else None,
     }
+    if error:
+        payload["error"] = error[:300]
+    if what in ("exited", "cancelled") and run.exit_reason:
+        payload["exit_reason"] = run.exit_reason
     if step is not None:
         payload.update(step=step.index, step_type=step.type, step_status=step.status)
     ExecutionLog.objects.create(
@@ -305,6 +310,8 @@ def _record(run: SequenceRun, what: str, *, step: SequenceStep | None = None, de
         error=error[:ERROR_MAX_CHARS],
         finished_at=timezone.now() if status != ExecutionLog.Status.STARTED else None,
     )
+    failed = what in ("failed", "step_failed", "retrying")
+    logger.log(logging.WARNING if failed else logging.INFO, "sequence.step", extra=payload)
     owner_id = getattr(run, "owner_id", None)  # set by the step runner, which has the agent
     if owner_id is None:
         owner_id = Agent.objects.filter(pk=run.agent_id).values_list("owner_id", flat=True).first()

@@ -88,8 +88,9 @@ class AsgiServer:
     log_path: Path
 
     @classmethod
-    def start(cls, log_path: Path) -> AsgiServer:
-        port = free_port()
+    def start(cls, log_path: Path, port: int | None = None) -> AsgiServer:
+        """On ``port`` when given (a restart that open pages reconnect to), else a free one."""
+        port = port or free_port()
         command = [
             sys.executable, "-m", "uvicorn", "config.asgi:application",
             "--host", "127.0.0.1", "--port", str(port),

@@ -22,6 +22,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from agents import ai, booking
+from agents.ai.base import usage_for_agent
 from agents.models import Agent, Conversation, ConversationMessage
 from agents.schemas import Schedule, parse_schedule
 from crm import connection as crm
@@ -172,7 +173,8 @@ def _generate(ctx: ActionContext, conversation: Conversation | None, instruction
             ai.ChatMessage("user" if m.direction == inbound else "assistant", m.text) for m in reversed(earlier)
         ]
     turns.append(ai.ChatMessage("user", f"(Write your next message to the lead now. Instruction: {instruction})"))
-    return ai.complete(ctx.agent.ai_model, system, turns)
+    with usage_for_agent(ctx.agent.pk):  # the tokens count towards the agent's usage
+        return ai.complete(ctx.agent.ai_model, system, turns)
 
 
 def send_message(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:

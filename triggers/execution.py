@@ -580,13 +580,18 @@ def _finish(
                 "actions": [{"type": o["type"], "status": o["status"]} for o in outcomes],
             },
         )
-    logger.info(
+    logger.log(
+        logging.WARNING if status == TriggerFiring.Status.FAILED else logging.INFO,
         "trigger.fired",
         extra={
             "firing_id": firing.pk,
             "trigger_id": firing.trigger_id,
             "agent_id": ctx.agent.pk,
             "lead_id": firing.crm_lead_id,
+            "event_id": firing.event_id,
             "status": status,
+            "actions": ",".join(f"{o['type']}:{o['status']}" for o in outcomes),
+            "duration_ms": int((time.monotonic() - started) * 1000),
+            **({"error": error[:300]} if error else {}),
         },
     )

@@ -2,8 +2,8 @@
 
 A provider reads its key and base URL from settings (environment variables only), builds
 its SDK client once per process and reuses it, and turns the SDK's exceptions into
-agents.ai.errors. Timing, the log line and the "key missing" check happen here, the same
-for every provider.
+agents.ai.errors. Timing, the log line, the usage metrics and the "key missing" check happen here, the
+same for every provider.
 """
 
 from __future__ import annotations
@@ -16,11 +16,15 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from django.conf import settings
+
+from observability import metrics
 
 from .errors import AIConfigError, AIError, AIPermanentError, AIRateLimited, AITransientError
 
@@ -229,6 +233,35 @@ def redact_keys_in_logs(logger_names: Sequence[str], key_settings: Sequence[str]
             sdk_logger.addFilter(redactor)
 
 
+# --- Whose usage: the agent a request is made for -------------------------------------
+
+# complete() does not know the agent it answers for; the caller that does says so around
+# its calls, and the tokens count towards that agent (metrics, the ai.request line).
+_usage_agent: ContextVar[int | None] = ContextVar("ai_usage_agent", default=None)
+
+
+@contextmanager
+def usage_for_agent(agent_id: int | None) -> Iterator[None]:
+    """AI requests made inside count towards ``agent_id`` in the usage metrics (and the
+    ai.request line names it): ``with usage_for_agent(agent.pk): ai.complete(…)``."""
+    token = _usage_agent.set(agent_id)
+    try:
+        yield
+    finally:
+        _usage_agent.reset(token)
+
+
+def _count_usage(record: dict[str, Any]) -> None:
+    """The ai.request line's facts as metrics: one request, and its tokens when known."""
+    agent = _usage_agent.get()
+    labels = {"provider": record["provider"], "model": record["model"], "agent": "" if agent is None else str(agent)}
+    metrics.count(metrics.AI_REQUESTS, outcome=record["outcome"], **labels)
+    for direction in ("input", "output"):
+        tokens = record.get(f"{direction}_tokens")
+        if tokens:
+            metrics.count(metrics.AI_TOKENS, tokens, direction=direction, **labels)
+
+
 # --- The interface ----------------------------------------------------------------------
 
 
@@ -288,6 +321,8 @@ class AIProvider(ABC):
         }
         if tools:
             record.update(tools=len(tools), tool_choice=tool_choice)
+        if _usage_agent.get() is not None:
+            record["agent_id"] = _usage_agent.get()
         api_key = ""
         try:
             config = self.config()
@@ -323,6 +358,7 @@ class AIProvider(ABC):
                 latency_ms=_ms_since(started),
             )
             logger.info("ai.request", extra=record)
+            _count_usage(record)
             raise
         completion = Completion(
             text=reply.text,
@@ -345,6 +381,7 @@ class AIProvider(ABC):
         if completion.tool_calls:  # names only: the arguments are the lead's data
             record["tool_calls"] = [call.name for call in completion.tool_calls]
         logger.info("ai.request", extra=record)
+        _count_usage(record)
         return completion
 
     # --- what each vendor implements ---

@@ -38,11 +38,14 @@ INSTALLED_APPS = [
     "crm",
     "triggers",
     "sequences",
+    "observability",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # one line and the request metrics per request; after WhiteNoise: static files are not logged
+    "observability.requestlog.RequestLogMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -268,28 +271,90 @@ STORAGES = {
 
 LOGIN_URL = "admin:login"
 
+# Lines: "<time> <level> <logger> <event> key=value …" (LOG_FORMAT=plain) or one JSON object
+# a line (LOG_FORMAT=json). MaskSecrets (config/logging.py) runs on the handler and on every
+# logger that does not reach it, so no secret is written whichever way a record goes.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "()": "config.logging.StructuredFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
+        "json": {"()": "config.logging.JsonFormatter"},
     },
     "filters": {
-        "mask_webhook_keys": {"()": "config.logging.MaskWebhookKeys"},
+        "mask_secrets": {"()": "config.logging.MaskSecrets"},
         "drop_queued_in_statement": {"()": "config.logging.DropQueuedInStatement"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["mask_webhook_keys"]}
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["mask_secrets"],
+        }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
-        # request lines print paths: masked at the logger, before any handler. Naming a
-        # logger here replaces its handlers, so the two that do not propagate get ours.
-        "django.request": {"filters": ["mask_webhook_keys"]},
-        "django.server": {"filters": ["mask_webhook_keys"], "handlers": ["console"], "propagate": False},
-        "uvicorn.access": {"filters": ["mask_webhook_keys"], "handlers": ["console"], "propagate": False},
+        # request lines print paths: masked at the logger too, before handlers other than
+        # ours (mail_admins). Naming a logger here replaces its handlers, so those that do
+        # not propagate get ours.
+        "django.request": {"filters": ["mask_secrets"]},
+        # the servers' access lines are replaced by observability's http.request line (one
+        # per request, with the user and the duration); WARNING keeps them quiet
+        "django.server": {
+            "filters": ["mask_secrets"],
+            "handlers": ["console"],
+            "propagate": False,
+            "level": "WARNING",
+        },
+        "uvicorn.access": {
+            "filters": ["mask_secrets"],
+            "handlers": ["console"],
+            "propagate": False,
+            "level": "WARNING",
+        },
+        # uvicorn's own messages go to its own handler unless they get ours
+        "uvicorn": {"handlers": ["console"], "propagate": False},
         # django-q2 adds its own handler to this logger (a filter here survives that)
-        "django-q": {"filters": ["drop_queued_in_statement"]},
+        "django-q": {"filters": ["drop_queued_in_statement", "mask_secrets"]},
     },
+}
+
+# --- Observability: metrics (issue 8) -------------------------------------------------
+# GET /metrics (Prometheus) answers a request with "Authorization: Bearer <METRICS_TOKEN>"
+# or from an address in METRICS_ALLOWED_NETWORKS (CIDRs, matched against the connecting
+# address, not X-Forwarded-For); with neither set it answers 404.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
+# The rendered /metrics output is reused for this long (each scrape reads every table).
+METRICS_CACHE_SECONDS = env.float("METRICS_CACHE_SECONDS", default=5)
+# Each process keeps its counts in memory and adds them to the database this often, and
+# when it exits (observability/recorder.py). 0: only when asked (tests).
+METRICS_FLUSH_SECONDS = env.float("METRICS_FLUSH_SECONDS", default=5)
+# Hourly metric buckets older than this are folded into all-time totals by an hourly task.
+METRICS_RETENTION_DAYS = env.int("METRICS_RETENTION_DAYS", default=30)
+
+# --- Observability: live activity (issue 8) -------------------------------------------
+# How many recent events the live activity page (/activity/) loads when it opens and keeps.
+ACTIVITY_PAGE_EVENTS = env.int("ACTIVITY_PAGE_EVENTS", default=50)
+
+# --- OAuth token rotation (issue 9) ---------------------------------------------------
+# A daily task (integrations/rotation.py) renews every active OAuth integration's refresh
+# token once it is this many days old, so that none ages past 30 days (seed §4.1).
+OAUTH_ROTATE_AFTER_DAYS = env.int("OAUTH_ROTATE_AFTER_DAYS", default=25)
+if not 1 <= OAUTH_ROTATE_AFTER_DAYS < 30:
+    raise environ.ImproperlyConfigured("OAUTH_ROTATE_AFTER_DAYS must be between 1 and 29 (tokens rotate every 30 days)")
+# A renewal that keeps failing is retried daily and reported as overdue (an error, the
+# integration "failing") once the token is within this many days of 30.
+OAUTH_ROTATE_ALERT_DAYS = env.int("OAUTH_ROTATE_ALERT_DAYS", default=3)
+# How each integration type renews its refresh token (like CRM_EVENT_HANDLERS: integrations
+# does not import crm). Dotted paths of functions taking an Integration and returning True
+# when they renewed it, False when another process just had.
+OAUTH_ROTATORS = {
+    "kommo": "crm.connection.rotate",
+    "google_calendar": "integrations.google.connection.rotate",
 }

@@ -29,3 +29,6 @@ if "postgresql" in DATABASES["default"]["ENGINE"]:
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 # Tests of the rate limiter give their own rates; elsewhere spacing would only slow tests.
 KOMMO_RATE_LIMIT_PER_SECOND = 1000
+# Metric counts stay in memory until a test flushes them: a background flush would write
+# into other tests' database state (and, at exit, into a database already dropped).
+METRICS_FLUSH_SECONDS = env.float("METRICS_FLUSH_SECONDS", default=0)

@@ -23,6 +23,7 @@ import requests
 from integrations import http, ratelimit
 from integrations.errors import IntegrationError, PermanentError, RateLimited, TransientError
 from integrations.http import RetryPolicy
+from observability.metrics import integration_call_failed
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +260,7 @@ class Transport:
             )
             retry_after = getattr(error, "retry_after", None)
             if not retryable or attempt == last or (retry_after or 0) > self.retry.max_delay:
+                integration_call_failed(vendor=self.vendor, call=what, error=error, attempts=attempt + 1)
                 raise error
             delay = self.retry.delay(attempt, retry_after)
             logger.warning(

@@ -13,6 +13,10 @@ transaction. A refresh that Google refuses (``invalid_grant``: access revoked, o
 expired) marks the integration "needs re-connection" (admin, live event) and raises
 AuthError; nothing retries it until someone connects again. A refresh that failed for a
 passing reason marks it "failing" and raises TransientError.
+
+Every refresh and every connection records when the refresh token last worked in
+``Integration.refresh_token_renewed_at``; ``rotate`` refreshes on demand for the scheduled
+OAuth rotation of idle integrations (integrations/rotation.py).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import google.auth.transport.requests
 import google.oauth2.credentials
 import requests
 from django.db import transaction
+from django.utils import timezone
 
 from integrations import http
 from integrations.errors import AuthError, IntegrationError, PermanentError, TransientError
@@ -73,7 +78,9 @@ def parse_expiry(text: str | None) -> datetime | None:
 
 
 def store_tokens(integration: Integration, *, access_token: str, refresh_token: str, expiry: datetime | None) -> None:
-    """Replace the integration's tokens (the other credential keys stay)."""
+    """Replace the integration's tokens (the other credential keys stay) with those a
+    consent just gave: the refresh token counts as renewed now."""
+    renewed_at = timezone.now()
     with transaction.atomic():
         locked = Integration.objects.select_for_update().get(pk=integration.pk)
         credentials = dict(locked.credentials or {})
@@ -81,8 +88,9 @@ def store_tokens(integration: Integration, *, access_token: str, refresh_token: 
         credentials.pop("expiry", None)
         if expiry is not None:
             credentials["expiry"] = expiry_text(expiry)
-        Integration.objects.filter(pk=locked.pk).update(credentials=credentials)
+        Integration.objects.filter(pk=locked.pk).update(credentials=credentials, refresh_token_renewed_at=renewed_at)
         integration.credentials = credentials
+        integration.refresh_token_renewed_at = renewed_at
 
 
 class StoredCredentials(google.oauth2.credentials.Credentials):
@@ -104,8 +112,13 @@ class StoredCredentials(google.oauth2.credentials.Credentials):
         return f"StoredCredentials(integration {self.integration.id})"
 
     def refresh(self, request: Any) -> None:
+        self.refresh_once(request)
+
+    def refresh_once(self, request: Any) -> bool:
+        """Refresh under the integration's lock: True when this call refreshed, False when
+        another process had meanwhile (its token is adopted)."""
         try:
-            self._refresh_locked(request)
+            return self._refresh_locked(request)
         except AuthError as exc:
             # after the transaction: a status written inside it would roll back with the error
             integration_set_status(
@@ -118,7 +131,7 @@ class StoredCredentials(google.oauth2.credentials.Credentials):
             logger.warning("google.token.refresh_failed", extra={"integration_id": self.integration.id})
             raise
 
-    def _refresh_locked(self, request: Any) -> None:
+    def _refresh_locked(self, request: Any) -> bool:
         integration = self.integration
         held = self.token
         with transaction.atomic():
@@ -130,7 +143,8 @@ class StoredCredentials(google.oauth2.credentials.Credentials):
                 # another process refreshed while we waited for the lock (or before we read)
                 self.token, self.expiry = current, expiry
                 integration.credentials = credentials
-                return
+                integration.refresh_token_renewed_at = locked.refresh_token_renewed_at
+                return False
             if not credentials.get("refresh_token"):
                 raise NotConnected(
                     f"Google Calendar integration {integration.id} has no refresh token: connect it to Google again"
@@ -151,9 +165,15 @@ class StoredCredentials(google.oauth2.credentials.Credentials):
             credentials.pop("expiry", None)
             if self.expiry is not None:
                 credentials["expiry"] = expiry_text(self.expiry)
-            Integration.objects.filter(pk=locked.pk).update(credentials=credentials)
+            # the refresh token has just proved to work (Google rarely sends a new one)
+            renewed_at = timezone.now()
+            Integration.objects.filter(pk=locked.pk).update(
+                credentials=credentials, refresh_token_renewed_at=renewed_at
+            )
             integration.credentials = credentials
+            integration.refresh_token_renewed_at = renewed_at
         logger.info("google.token.refreshed", extra={"integration_id": integration.id})
+        return True
 
 
 def _soon() -> datetime:
@@ -196,6 +216,23 @@ def authorized_session(integration: Integration) -> google.auth.transport.reques
     for prefix in ("https://", "http://"):
         session.mount(prefix, shared.get_adapter(prefix))
     return session
+
+
+def rotate(integration: Integration) -> bool:
+    """The scheduled OAuth rotation (integrations/rotation.py, OAUTH_ROTATORS) for Google.
+
+    Google keeps one refresh token for the life of a consent: a refresh answers with a new
+    access token only, and a new refresh token needs the user to consent again. So this
+    cannot replace the refresh token; it refreshes the access token now, through the same
+    lock as every refresh, which proves the grant still works, records when, and keeps
+    Google's six-month idle expiry away. A refresh token Google does send is stored.
+    True when this call refreshed, False when another process did meanwhile; a refusal
+    marks the integration "needs re-connection" and raises AuthError."""
+    check_connected(integration)
+    if not (integration.credentials or {}).get("refresh_token"):
+        raise NotConnected(f"Google Calendar integration {integration.id} has no refresh token: connect it to Google")
+    credentials = StoredCredentials(integration)
+    return credentials.refresh_once(google.auth.transport.requests.Request(http.session()))
 
 
 def check_connected(integration: Integration) -> None:

@@ -375,6 +375,10 @@ def test_the_live_event_reaches_the_owner_only(agent, kommo, clock, other_user):
     waiting = events.get(payload__event="waiting")
     assert waiting.payload["next_due_at"] == (T0 + timedelta(hours=1)).isoformat()
     assert (waiting.payload["run_id"], waiting.payload["step"], waiting.payload["step_type"]) == (run.pk, 0, "delay")
+    assert waiting.payload["agent_id"] == agent.pk
+    runner.run_cancel(run, by="Olga")
+    cancelled = LiveEvent.objects.get(type="sequence.step", payload__event="cancelled")
+    assert cancelled.payload["exit_reason"] == "stopped by Olga" and cancelled.payload["run_status"] == "cancelled"
 
 
 # --- interrupted steps ---------------------------------------------------------------------

@@ -1,0 +1,23 @@
+from django.db import migrations
+
+FUNC = "integrations.tasks.rotate_oauth_tokens"
+
+
+def add_schedule(apps, schema_editor):
+    Schedule = apps.get_model("django_q", "Schedule")
+    Schedule.objects.get_or_create(
+        func=FUNC, defaults={"name": "Renew OAuth refresh tokens", "schedule_type": "D", "repeats": -1}
+    )
+
+
+def remove_schedule(apps, schema_editor):
+    apps.get_model("django_q", "Schedule").objects.filter(func=FUNC).delete()
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("integrations", "0005_refresh_token_renewed_at"),
+        ("django_q", "0019_alter_task_options_alter_ormq_key_alter_ormq_lock_and_more"),
+    ]
+
+    operations = [migrations.RunPython(add_schedule, remove_schedule)]

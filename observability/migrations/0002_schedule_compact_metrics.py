@@ -1,0 +1,23 @@
+from django.db import migrations
+
+FUNC = "observability.tasks.compact_metrics"
+
+
+def add_schedule(apps, schema_editor):
+    Schedule = apps.get_model("django_q", "Schedule")
+    Schedule.objects.get_or_create(
+        func=FUNC, defaults={"name": "Fold old metric buckets into totals", "schedule_type": "H", "repeats": -1}
+    )
+
+
+def remove_schedule(apps, schema_editor):
+    apps.get_model("django_q", "Schedule").objects.filter(func=FUNC).delete()
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("observability", "0001_initial"),
+        ("django_q", "0019_alter_task_options_alter_ormq_key_alter_ormq_lock_and_more"),
+    ]
+
+    operations = [migrations.RunPython(add_schedule, remove_schedule)]
