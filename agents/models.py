@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, RegexValidator
 from django.db import models
 
 from config.validation import JSONValidator
 
 from .schemas import DEFAULT_AI_MODEL, LANGUAGE_CODE, parse_schedule
 
+# a handoff ends at now + handoff_minutes, which must stay a date: at most a year
+HANDOFF_MINUTES_MAX = 365 * 24 * 60
 
 class Agent(models.Model):
     """An AI sales agent: answers leads, owns triggers, sequences and integrations.
@@ -53,6 +55,7 @@ class Agent(models.Model):
     )
     handoff_minutes = models.PositiveIntegerField(
         default=24 * 60,
+        validators=[MaxValueValidator(HANDOFF_MINUTES_MAX)],
         help_text="After a person from the team writes to a lead, or the lead asks for one, the agent stays "
         "quiet in that conversation for this long (or until handed back).",
     )

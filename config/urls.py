@@ -41,3 +41,6 @@ urlpatterns = [
     path("", include("observability.metrics_urls")),
     path("", include("observability.activity_urls")),
 ]
+
+# a URL no view matches answers JSON under /api/, like the API's own 404s
+handler404 = "config.api.not_found"

@@ -21,19 +21,25 @@ from triggers.schemas import (
 STEPS = Registry()
 
 
+# A follow-up that waits longer than a year is a mistake, and a huge delay would overflow the date.
+MAX_DELAY_DAYS = 366
+
+
 @STEPS.register("delay")
 class DelayStep(Schema):
     """Wait before the next step."""
 
     type: Literal["delay"]
-    minutes: int = Field(default=0, ge=0)
-    hours: int = Field(default=0, ge=0)
-    days: int = Field(default=0, ge=0)
+    minutes: int = Field(default=0, ge=0, le=MAX_DELAY_DAYS * 24 * 60)
+    hours: int = Field(default=0, ge=0, le=MAX_DELAY_DAYS * 24)
+    days: int = Field(default=0, ge=0, le=MAX_DELAY_DAYS)
     working_hours_only: bool = False
 
     def problems(self) -> list[Problem]:
         if not (self.minutes or self.hours or self.days):
             return [((), "a delay needs minutes, hours or days greater than 0")]
+        if self.minutes + self.hours * 60 + self.days * 24 * 60 > MAX_DELAY_DAYS * 24 * 60:
+            return [((), f"a delay is at most {MAX_DELAY_DAYS} days in all")]
         return []
 
 

@@ -4,7 +4,7 @@ from rest_framework import serializers
 
 from config.api import StrictSerializer, inline_refs, model_json_field
 
-from ..models import Agent, AgentCrmAccess, Conversation, ConversationMessage, ExecutionLog
+from ..models import HANDOFF_MINUTES_MAX, Agent, AgentCrmAccess, Conversation, ConversationMessage, ExecutionLog
 from ..schemas import Schedule
 
 FIELD_IDS = {"type": "array", "items": {"type": "integer", "minimum": 1}, "uniqueItems": True}
@@ -26,6 +26,14 @@ class AgentSerializer(StrictSerializer):
         {"oneOf": [inline_refs(Schedule.model_json_schema()), {"type": "object", "maxProperties": 0}]},
     )
     crm_access = CrmAccessSerializer(required=False)
+    # a handoff ends at now + handoff_minutes, which must stay a date (SQLite would store
+    # up to 2**63 minutes); a year is longer than any handoff needs
+    handoff_minutes = serializers.IntegerField(
+        min_value=0,
+        max_value=HANDOFF_MINUTES_MAX,
+        required=False,
+        help_text=Agent._meta.get_field("handoff_minutes").help_text,
+    )
 
     class Meta:
         model = Agent

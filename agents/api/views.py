@@ -1,18 +1,19 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
+from config.api import JSON_ONLY
 from integrations.errors import IntegrationError, PermanentError
 
 from ..conversations import team_message_send
-from ..models import Conversation, ExecutionLog
+from ..models import Agent, Conversation, ExecutionLog
 from ..selectors import agent_list, conversation_list, execution_log_list
 from ..services import agent_create, agent_delete, agent_duplicate, agent_update
-from .filters import agent_filterset
+from .filters import agent_filterset, strict_filterset
 from .serializers import (
     AgentSerializer,
     ConversationMessageSerializer,
@@ -25,8 +26,9 @@ from .serializers import (
 class AgentViewSet(viewsets.ModelViewSet):
     """The user's agents, each with its CRM access embedded as ``crm_access``."""
 
+    parser_classes = JSON_ONLY
     serializer_class = AgentSerializer
-    filterset_fields = ["active"]
+    filterset_class = strict_filterset(Agent, ["active"])
 
     def get_queryset(self):
         return agent_list(user=self.request.user)
@@ -82,6 +84,7 @@ ConversationFilter = agent_filterset(Conversation, ["crm_lead_id", "integration"
 class ConversationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """The agents' chats with leads, newest first; filter by agent, CRM lead, integration."""
 
+    parser_classes = JSON_ONLY
     serializer_class = ConversationSerializer
     filterset_class = ConversationFilter
 
@@ -94,11 +97,15 @@ class ConversationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
     @extend_schema(
         methods=["post"],
         request=TeamMessageSerializer,
-        responses={201: ConversationMessageSerializer},
+        responses={
+            201: ConversationMessageSerializer,
+            503: OpenApiResponse(description="The channel did not take the message; try again."),
+        },
         description="A person from the team writes to the lead on the conversation's channel; the agent then "
         "stays quiet in this conversation for its handoff time.",
     )
-    @action(detail=True, methods=["get", "post"])
+    # all of the conversation's messages: neither paginated nor filtered
+    @action(detail=True, methods=["get", "post"], pagination_class=None, filter_backends=[])
     def messages(self, request, pk=None):
         conversation = self.get_object()
         if request.method == "GET":

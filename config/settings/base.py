@@ -189,6 +189,11 @@ SPECTACULAR_SETTINGS = {
         "SequenceRunStatusEnum": "sequences.models.SequenceRun.Status",
         "SequenceStepStatusEnum": "sequences.models.SequenceStep.Status",
     },
+    # 400/401/403/404 of every operation, so that clients (and the fuzz test) know them
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.api.document_error_responses",
+    ],
 }
 
 # --- Google Calendar (integrations/google/) ----------------------------------------------

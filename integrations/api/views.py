@@ -7,6 +7,7 @@ from rest_framework.response import Response
 
 from agents.api.filters import agent_filterset
 from agents.selectors import owned
+from config.api import JSON_ONLY
 
 from ..models import Integration
 from ..services import integration_create, integration_regenerate_webhook_key, integration_update
@@ -16,6 +17,7 @@ from .serializers import IntegrationSerializer
 class IntegrationViewSet(viewsets.ModelViewSet):
     """Connections of the user's agents to the CRM, calendars and messengers."""
 
+    parser_classes = JSON_ONLY
     serializer_class = IntegrationSerializer
     filterset_class = agent_filterset(Integration, ["integration_type", "active"])
 

@@ -11,7 +11,7 @@ from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.views.decorators.http import require_GET
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.response import Response
@@ -93,7 +93,10 @@ class OAuthStartView(APIView):
 
     @extend_schema(
         request=None,
-        responses={200: inline_serializer("GoogleOAuthStartResponse", {"authorize_url": serializers.URLField()})},
+        responses={
+            200: inline_serializer("GoogleOAuthStartResponse", {"authorize_url": serializers.URLField()}),
+            400: OpenApiResponse(description="Google sign-in is not set up on this server."),
+        },
     )
     def post(self, request, integration_id: int):
         integration = google_integrations(request.user).filter(pk=integration_id).first()
@@ -121,7 +124,10 @@ class CalendarListView(APIView):
                     "time_zone": serializers.CharField(),
                 },
                 many=True,
-            )
+            ),
+            400: OpenApiResponse(description="Google refused the request (the message says why)."),
+            409: OpenApiResponse(description="The integration needs to be connected to Google again."),
+            503: OpenApiResponse(description="Google Calendar cannot be reached right now."),
         }
     )
     def get(self, request, integration_id: int):

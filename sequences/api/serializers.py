@@ -3,7 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from agents.api.serializers import OwnAgentField
-from config.api import StrictPlainSerializer, StrictSerializer, inline_refs, model_json_field
+from config.api import BIGINT_MAX, StrictPlainSerializer, StrictSerializer, inline_refs, model_json_field
 from config.validation import registry_json_schema
 
 from ..models import Sequence, SequenceRun, SequenceStep
@@ -78,4 +78,6 @@ class SequenceRunDetailSerializer(SequenceRunSerializer):
 
 
 class StartSerializer(StrictPlainSerializer):
-    lead_id = serializers.IntegerField(min_value=1, help_text="The CRM lead to start the sequence for.")
+    lead_id = serializers.IntegerField(
+        min_value=1, max_value=BIGINT_MAX, help_text="The CRM lead to start the sequence for."
+    )

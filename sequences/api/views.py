@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import django_filters
-from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import mixins, status, viewsets
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
+from rest_framework.generics import get_object_or_404
 from rest_framework.response import Response
 
-from agents.api.filters import AgentFilter, agent_filterset
+from agents.api.filters import AgentFilter, IntegerFilter, StrictFilterSet, agent_filterset
 from agents.selectors import owned
+from config.api import JSON_ONLY
 
 from ..models import Sequence, SequenceRun
 from ..runner import AlreadyRunning, CannotStart, run_cancel, run_pause, run_resume, run_retry, run_start
@@ -21,9 +24,29 @@ from .serializers import (
 )
 
 
+class SequenceRunsFilter(StrictFilterSet):
+    """The runs of one sequence: by status and CRM lead."""
+
+    status = django_filters.ChoiceFilter(choices=SequenceRun.Status.choices)
+    crm_lead_id = IntegerFilter()
+
+    class Meta:
+        model = SequenceRun
+        fields = ["status", "crm_lead_id"]
+
+
+class RunFilter(SequenceRunsFilter, AgentFilter):
+    sequence = IntegerFilter(field_name="sequence_id")
+
+    class Meta:
+        model = SequenceRun
+        fields = ["agent", "sequence", "status", "crm_lead_id"]
+
+
 class SequenceViewSet(viewsets.ModelViewSet):
     """Follow-up sequences of the user's agents."""
 
+    parser_classes = JSON_ONLY
     serializer_class = SequenceSerializer
     filterset_class = agent_filterset(Sequence, ["active"])
 
@@ -40,7 +63,13 @@ class SequenceViewSet(viewsets.ModelViewSet):
         request=StartSerializer,
         responses={
             201: SequenceRunSerializer,
-            409: OpenApiResponse(description="The lead is in this sequence already; `run` is that run's id."),
+            409: OpenApiResponse(
+                inline_serializer(
+                    "SequenceAlreadyRunning",
+                    {"detail": serializers.CharField(), "run": serializers.IntegerField(help_text="The active run.")},
+                ),
+                description="The lead is in this sequence already; `run` is that run's id.",
+            ),
         },
         description="Start the sequence for a lead. A lead has at most one active run of a sequence.",
     )
@@ -62,24 +91,30 @@ class SequenceViewSet(viewsets.ModelViewSet):
             raise ValidationError({"detail": [str(exc)]}) from None
         return Response(SequenceRunSerializer(run).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses={200: SequenceRunSerializer(many=True)}, description="The sequence's runs, newest first.")
+    @extend_schema(
+        filters=False,  # the runs' filters below, not the sequences'
+        parameters=[
+            OpenApiParameter("status", OpenApiTypes.STR, enum=SequenceRun.Status.values),
+            OpenApiParameter("crm_lead_id", OpenApiTypes.INT),
+        ],
+        responses={200: SequenceRunSerializer(many=True)},
+        description="The sequence's runs, newest first.",
+    )
     @action(detail=True, methods=["get"])
     def runs(self, request, pk=None):
-        sequence = self.get_object()
+        sequence = get_object_or_404(self.get_queryset(), pk=pk)
         runs = SequenceRun.objects.filter(sequence=sequence).select_related("sequence").order_by("-id")
-        runs = RunFilter(request.query_params, queryset=runs).qs
-        page = self.paginate_queryset(runs)
+        runs = SequenceRunsFilter(request.query_params, queryset=runs)
+        if not runs.is_valid():
+            raise ValidationError(runs.errors)
+        page = self.paginate_queryset(runs.qs)
         return self.get_paginated_response(SequenceRunSerializer(page, many=True).data)
 
 
-class RunFilter(AgentFilter):
-    status = django_filters.ChoiceFilter(choices=SequenceRun.Status.choices)
-    crm_lead_id = django_filters.NumberFilter()
-    sequence = django_filters.NumberFilter(field_name="sequence_id")
-
-    class Meta:
-        model = SequenceRun
-        fields = ["agent", "sequence", "status", "crm_lead_id"]
+RUN_CHANGE_RESPONSES = {
+    200: SequenceRunDetailSerializer,
+    409: OpenApiResponse(description="The run's status does not allow this change (the message says why)."),
+}
 
 
 class SequenceRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -103,25 +138,23 @@ class SequenceRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         run.refresh_from_db()
         return Response(SequenceRunDetailSerializer(run).data)
 
-    @extend_schema(request=None, responses={200: SequenceRunDetailSerializer}, description="Stop the run.")
+    @extend_schema(request=None, responses=RUN_CHANGE_RESPONSES, description="Stop the run.")
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         return self._change(lambda run: run_cancel(run, by=f"user {request.user.pk}"), "the run is {status} already")
 
-    @extend_schema(request=None, responses={200: SequenceRunDetailSerializer}, description="Hold the run.")
+    @extend_schema(request=None, responses=RUN_CHANGE_RESPONSES, description="Hold the run.")
     @action(detail=True, methods=["post"])
     def pause(self, request, pk=None):
         return self._change(run_pause, "only a scheduled, running or waiting run can be paused (it is {status})")
 
-    @extend_schema(request=None, responses={200: SequenceRunDetailSerializer}, description="Go on with a held run.")
+    @extend_schema(request=None, responses=RUN_CHANGE_RESPONSES, description="Go on with a held run.")
     @action(detail=True, methods=["post"])
     def resume(self, request, pk=None):
         return self._change(run_resume, "only a paused run can be resumed (it is {status})")
 
     @extend_schema(
-        request=None,
-        responses={200: SequenceRunDetailSerializer},
-        description="Retry a failed run from its failed step.",
+        request=None, responses=RUN_CHANGE_RESPONSES, description="Retry a failed run from its failed step."
     )
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from agents.models import Agent, AgentCrmAccess, LiveEvent
-from tests.factories import make_agent
+from tests.factories import make_agent, make_integration, make_log
 
 pytestmark = pytest.mark.django_db
 
@@ -191,3 +191,63 @@ def test_anonymous_requests_are_refused():
 
     assert response.status_code == 401
     assert response["WWW-Authenticate"] == "Token"
+
+
+@pytest.mark.parametrize(
+    "path, query",
+    [
+        ("/api/agents/", {"active": "maybe"}),
+        ("/api/execution-logs/", {"crm_lead_id": "1.5"}),
+        ("/api/conversations/", {"agent": "0.5"}),
+    ],
+)
+def test_a_filter_value_the_filter_cannot_read_is_a_field_error(api, agent, path, query):
+    make_log(agent)  # something the filter would otherwise have let through
+
+    response = api.get(path, query)
+
+    assert response.status_code == 400
+    assert list(response.json()) == list(query)
+
+
+@pytest.mark.parametrize("name", ["agent", "integration"])
+def test_a_filter_id_past_64_bits_is_a_field_error_not_a_crash(api, agent, name):
+    # SQLite cannot compare a foreign key with a number that large (OverflowError: a 500)
+    response = api.get("/api/conversations/", {name: str(2**64)})
+
+    assert response.status_code == 400
+    assert list(response.json()) == [name]
+
+
+def test_filtering_by_someone_elses_integration_reads_like_an_unknown_one(api, agent, other_user):
+    theirs = make_integration(make_agent(owner=other_user))
+
+    foreign = api.get("/api/conversations/", {"integration": theirs.id})
+    unknown = api.get("/api/conversations/", {"integration": theirs.id + 1000})
+
+    assert foreign.status_code == unknown.status_code == 200
+    assert foreign.json()["results"] == unknown.json()["results"] == []
+
+
+def test_a_handoff_longer_than_a_year_is_a_field_error(api, agent):
+    # now + 10**12 minutes is past year 9999: the team's next message would be a 500
+    response = api.patch(f"/api/agents/{agent.id}/", {"handoff_minutes": 10**12}, format="json")
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["handoff_minutes"]
+    agent.refresh_from_db()
+    assert agent.handoff_minutes == 24 * 60
+
+
+def test_a_conversations_messages_are_documented_as_the_plain_list_they_are(api):
+    operation = api.get("/api/schema/?format=json").json()["paths"]["/api/conversations/{id}/messages/"]["get"]
+
+    body = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert body == {"type": "array", "items": {"$ref": "#/components/schemas/ConversationMessage"}}
+    assert [p["name"] for p in operation["parameters"]] == ["id"]
+
+
+def test_a_team_message_the_channel_does_not_take_is_documented_as_503(api):
+    operation = api.get("/api/schema/?format=json").json()["paths"]["/api/conversations/{id}/messages/"]["post"]
+
+    assert "503" in operation["responses"]

@@ -109,3 +109,21 @@ def test_unknown_integration_type_is_refused(api, agent):
 
     assert response.status_code == 400
     assert response.json() == {"integration_type": ['"slack" is not a valid choice.']}
+
+
+def test_a_filter_value_the_filter_cannot_read_is_a_field_error(api, agent):
+    make_integration(agent)
+
+    response = api.get("/api/integrations/", {"active": "null"})
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["active"]
+
+
+def test_the_schema_documents_what_the_google_endpoints_answer_when_google_says_no(api):
+    paths = api.get("/api/schema/?format=json").json()["paths"]
+
+    calendars = paths["/api/integrations/{integration_id}/google/calendars"]["get"]["responses"]
+    start = paths["/api/integrations/{integration_id}/google/oauth/start"]["post"]["responses"]
+    assert {"400", "404", "409", "503"} <= set(calendars)
+    assert {"400", "404"} <= set(start)

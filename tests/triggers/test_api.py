@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.factories import make_trigger
 from triggers.models import Trigger
 
 pytestmark = pytest.mark.django_db
@@ -95,3 +96,23 @@ def test_actions_must_be_a_list(api, agent):
 
     assert response.status_code == 400
     assert response.json()["actions"] == ['actions: expected a list of actions, got {"type": "create_task"}']
+
+
+@pytest.mark.parametrize("at", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "1969-12-31T23:59:59Z"])
+def test_a_dry_run_moment_outside_1970_to_2999_is_a_field_error_not_a_crash(api, agent, at):
+    # the actions' due times are computed from it: 30 minutes after 9999-12-31 23:59 is no
+    # date at all (OverflowError in the action's description: a 500)
+    trigger = make_trigger(agent)
+
+    response = api.post(f"/api/triggers/{trigger.id}/test/", {"event": {"lead": {"id": 1}}, "at": at}, format="json")
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["at"]
+
+
+def test_the_schema_documents_the_dry_run_report_and_the_crm_being_down(api):
+    operation = api.get("/api/schema/?format=json").json()["paths"]["/api/triggers/{id}/test/"]["post"]
+
+    report = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert report == {"$ref": "#/components/schemas/DryRunReport"}
+    assert "503" in operation["responses"]

@@ -7,17 +7,19 @@ from rest_framework.response import Response
 
 from agents.api.filters import agent_filterset
 from agents.selectors import owned
+from config.api import JSON_ONLY
 
 from ..dryrun import CrmUnavailable, trigger_dry_run
 from ..models import Trigger
 from ..services import trigger_create, trigger_update
-from .serializers import DryRunSerializer, TriggerSerializer
+from .serializers import DryRunReportSerializer, DryRunSerializer, TriggerSerializer
 
 
 class TriggerViewSet(viewsets.ModelViewSet):
     """Trigger rules of the user's agents. Why a trigger did or did not fire for a lead:
     ``GET /api/execution-logs/?ref_type=trigger&ref_id=<id>&crm_lead_id=<lead>``."""
 
+    parser_classes = JSON_ONLY
     serializer_class = TriggerSerializer
     filterset_class = agent_filterset(Trigger, ["active", "event"])
 
@@ -32,7 +34,12 @@ class TriggerViewSet(viewsets.ModelViewSet):
 
     @extend_schema(
         request=DryRunSerializer,
-        responses={200: OpenApiResponse(description="Conditions passed and failed, actions with rendered texts.")},
+        responses={
+            200: OpenApiResponse(
+                DryRunReportSerializer, description="Conditions passed and failed, actions with rendered texts."
+            ),
+            503: OpenApiResponse(description="The CRM could not be read just now."),
+        },
         description="Dry run: evaluate the trigger for a lead read from the CRM (lead_id) or a sample event, "
         "and show what its actions would do. Nothing is done, sent or logged.",
     )
