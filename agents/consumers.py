@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+import tenancy
+
 from .realtime import DatabaseRelay, group_name
 
 UNAUTHORIZED = 4401
@@ -20,7 +22,8 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         # Accept only once the relay has read where the news starts: an event committed
         # after the client sees the socket open must not be taken for history.
-        await DatabaseRelay.attach()
+        with tenancy.system():  # the relay it may start reads every socket's events
+            await DatabaseRelay.attach()
         await self.accept()
 
     async def disconnect(self, code: int) -> None:

@@ -16,11 +16,15 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from config.routing import websocket_urlpatterns  # noqa: E402
 from crm.asgi import WebhookIntake  # noqa: E402
+from tenancy.middleware import WebSocketTenancyMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # CRM webhooks are answered before Django's middleware (crm/asgi.py)
         "http": WebhookIntake(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # a socket's consumer runs in its user's row-level security scope (tenancy/)
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(WebSocketTenancyMiddleware(URLRouter(websocket_urlpatterns)))
+        ),
     }
 )

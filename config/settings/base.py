@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "triggers",
     "sequences",
     "observability",
+    "tenancy",
 ]
 
 MIDDLEWARE = [
@@ -51,6 +52,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # the request's scope for row-level security: its user once Django or DRF knows it
+    "tenancy.middleware.TenancyMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -94,7 +97,12 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
     }
 elif "postgresql" in _db["ENGINE"]:
-    _db["ENGINE"] = "django.db.backends.postgresql"
+    # Django's backend under row-level security (tenancy/): the application works as
+    # DATABASE_APP_ROLE, which cannot bypass the policies; migrate as the login role.
+    _db["ENGINE"] = "tenancy.backends.postgresql"
+    _db.setdefault("OPTIONS", {})["app_role"] = env.str(
+        "DATABASE_APP_ROLE", default=f"{_db['NAME'][:59]}_app"
+    )
     if env.bool("DATABASE_POOL", default=False):
         _db["CONN_MAX_AGE"] = 0
         _db.setdefault("OPTIONS", {})["pool"] = {
@@ -107,6 +115,9 @@ elif "postgresql" in _db["ENGINE"]:
         _db["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Anonymous views that find their tenant themselves, by a secret key, and so run in
+# system context under row-level security (URL names; tenancy/middleware.py).
+TENANCY_SYSTEM_VIEWS = ["crm-webhook", "telegram-webhook", "whatsapp-webhook", "twilio-webhook", "metrics"]
 
 # --- Cache, channel layer, task queue ------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

@@ -17,6 +17,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections, connection
 
+import tenancy
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,16 +31,17 @@ class Dispatcher(threading.Thread):
     def run(self) -> None:
         from sequences.runner import dispatch_due
 
-        while not self.stopping.is_set():
-            started = time.monotonic()
-            try:
-                close_old_connections()
-                dispatch_due()
-            except Exception:  # the database restarting, say: try again next round
-                logger.exception("sequences.dispatcher.error")
-                connection.close()
-            self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
-        connection.close()
+        with tenancy.system():  # due steps of every tenant (row-level security, tenancy/)
+            while not self.stopping.is_set():
+                started = time.monotonic()
+                try:
+                    close_old_connections()
+                    dispatch_due()
+                except Exception:  # the database restarting, say: try again next round
+                    logger.exception("sequences.dispatcher.error")
+                    connection.close()
+                self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            connection.close()
 
     def stop(self) -> None:
         self.stopping.set()
