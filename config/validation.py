@@ -141,6 +141,23 @@ def raise_problems(field: str, problems: Iterable[Problem]) -> None:
         raise ValidationError(messages, code="invalid")
 
 
+def nul_problems(value: Any, loc: Loc = ()) -> list[Problem]:
+    """Text with a NUL character (\\u0000) anywhere in the value: PostgreSQL cannot store it
+    (in jsonb or text), so it is refused as input rather than failing the write."""
+    if isinstance(value, str):
+        return [(loc, "text may not contain the NUL character (\\u0000)")] if "\x00" in value else []
+    if isinstance(value, Mapping):
+        problems = []
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                problems.append((loc, "keys may not contain the NUL character (\\u0000)"))
+            problems += nul_problems(item, loc + (str(key),))
+        return problems
+    if isinstance(value, list | tuple):
+        return [problem for index, item in enumerate(value) for problem in nul_problems(item, loc + (index,))]
+    return []
+
+
 @deconstructible
 class JSONValidator:
     """Model-field validator running a check named by dotted path (keeps migrations stable)."""
@@ -150,6 +167,9 @@ class JSONValidator:
         self.field = field
 
     def __call__(self, value: Any) -> None:
+        nul = nul_problems(value)
+        if nul:
+            raise_problems(self.field, nul)
         check: Check = import_string(self.check)
         raise_problems(self.field, check(value))
 

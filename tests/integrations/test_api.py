@@ -127,3 +127,15 @@ def test_the_schema_documents_what_the_google_endpoints_answer_when_google_says_
     start = paths["/api/integrations/{integration_id}/google/oauth/start"]["post"]["responses"]
     assert {"400", "404", "409", "503"} <= set(calendars)
     assert {"400", "404"} <= set(start)
+
+
+def test_json_with_a_nul_character_is_a_field_error_not_a_crash(api, agent):
+    """PostgreSQL cannot store \\u0000 in jsonb: found by the API fuzz test as a 500."""
+    created = api.post(
+        "/api/integrations/",
+        {"agent": agent.id, "integration_type": "kommo", "config": {"base_url": "https://a.kommo.com\u0000"}},
+        format="json",
+    )
+
+    assert created.status_code == 400
+    assert created.json()["config"] == ["config.base_url: text may not contain the NUL character (\\u0000)"]
