@@ -67,32 +67,36 @@ The exit status is 1 when a correctness check fails (not when the goal is missed
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import os
 import platform
 import re
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
-ROOT = Path(__file__).resolve().parents[2]
+from common import (
+    ALLOWANCE,
+    FakeServer,
+    JsonHandler,
+    Worker,
+    percentile,
+    prepare_database,
+    process_cpu,
+    setup_django,
+    summary,
+    worker_env,
+)
+from common import show as show_summary
+
 DEFAULT_DATABASE = "kommo_agents_bench_seq"
 GOAL_P99_SECONDS = 5.0
-ALLOWANCE = 7  # Kommo: requests a second per account
 TOKEN = "bench-crm-token"
 RESPONSIBLE = 8374811
 TRIVIAL_TASK = "math.floor"
@@ -103,57 +107,17 @@ LEAD_IN_SECONDS = 15.0  # the moved wake times start this far ahead of the updat
 # --- the fake vendors ----------------------------------------------------------------------
 
 
-class FakeVendors(ThreadingHTTPServer):
+class FakeVendors(FakeServer):
     """Telegram's sendMessage and Kommo's lead read and task creation, for many bots and
     accounts at once: Kommo account n is ``http://127.0.0.1:<port>/acct<n>``. Counts what
     it did, and answers 429 to a Kommo request that would make more than ALLOWANCE in any
     second of one account, as Kommo does."""
 
-    daemon_threads = True
-
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.lock = threading.Lock()
-        self.next_id = 10_000_000
-        self.done: Counter[str] = Counter()  # operation → requests answered 200
-        self.seen: Counter[tuple] = Counter()  # (operation, account or bot, lead or chat) → times done
-        self.arrivals: dict[int, list[float]] = {}  # Kommo account → arrival times, refused ones too
-        self.refused = 0
-
-    def admit(self, account: int) -> bool:
-        with self.lock:
-            now = time.monotonic()
-            times = self.arrivals.setdefault(account, [])
-            times.append(now)
-            if len(times) - bisect.bisect_left(times, now - 1.0) > ALLOWANCE:
-                self.refused += 1
-                return False
-            return True
+        super().__init__(Handler)
 
     def record(self, operation: str, owner: int | str, item: int | str) -> int:
-        with self.lock:
-            self.done[operation] += 1
-            self.seen[(operation, owner, item)] += 1
-            self.next_id += 1
-            return self.next_id
-
-    def reset(self) -> None:
-        with self.lock:
-            self.done.clear()
-            self.seen.clear()
-            self.arrivals.clear()
-            self.refused = 0
-
-    def most_in_one_second(self) -> int:
-        best = 0
-        with self.lock:
-            for times in self.arrivals.values():
-                start = 0
-                for end, t in enumerate(times):  # appended in arrival order
-                    while times[start] < t - 1.0:
-                        start += 1
-                    best = max(best, end - start + 1)
-        return best
+        return self.count(operation, (operation, owner, item))
 
 
 LEAD_PATH = re.compile(r"/acct(\d+)/api/v4/leads/(\d+)")
@@ -161,41 +125,11 @@ TASKS_PATH = re.compile(r"/acct(\d+)/api/v4/tasks")
 SEND_PATH = re.compile(r"/bot(\d+):[A-Za-z0-9_-]+/sendMessage")
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server: FakeVendors
-    protocol_version = "HTTP/1.1"  # keep-alive, as with the real APIs
-
-    def setup(self) -> None:
-        super().setup()
-        # headers and body go out in two writes: without this, Nagle's algorithm holds the
-        # body for the client's delayed ACK (~40 ms a call), which no real API costs
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, *args) -> None:  # quiet
-        pass
-
-    def _body(self):
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        return json.loads(raw or b"null")
-
-    def _answer(self, status: int, data: dict, headers: dict | None = None) -> None:
-        payload = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
 
     def _kommo_admitted(self, account: int) -> bool:
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            self._answer(401, {"title": "Unauthorized", "status": 401})
-            return False
-        if not self.server.admit(account):
-            self._answer(429, {"title": "Too Many Requests", "status": 429}, {"Retry-After": "1"})
-            return False
-        return True
+        return super()._kommo_admitted(account, TOKEN)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         match = LEAD_PATH.fullmatch(self.path.split("?")[0])
@@ -240,103 +174,8 @@ class Handler(BaseHTTPRequestHandler):
 # --- measuring -----------------------------------------------------------------------------
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    return {
-        "n": len(values),
-        "p50": statistics.median(values),
-        "p95": percentile(values, 0.95),
-        "p99": percentile(values, 0.99),
-        "max": max(values),
-    }
-
-
 def show(name: str, s: dict[str, float]) -> None:
-    if not s.get("n"):
-        print(f"  {name:44} (none)")
-        return
-    print(
-        f"  {name:44} p50 {s['p50']:7.2f}  p95 {s['p95']:7.2f}  p99 {s['p99']:7.2f}  max {s['max']:7.2f} s"
-        f"   ({s['n']} steps)",
-        flush=True,
-    )
-
-
-def process_cpu(*, group: int | None = None, cmdline: str | None = None) -> dict[int, float]:
-    """User + system CPU seconds so far, by pid, of the processes of a process group, or
-    of every process whose command line contains ``cmdline`` (a PostgreSQL backend's
-    title names its database), from /proc. A process's own time and that of the children
-    it has waited for: django-q2 replaces its worker process every 500 tasks, and the
-    sentinel that waits for it inherits its CPU time."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            if cmdline is not None:
-                title = (entry / "cmdline").read_bytes().decode(errors="replace")
-                if cmdline not in title or "autovacuum" in title:  # the backends serving queries
-                    continue
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat[stat.rindex(")") + 2 :].split()
-        # fields[2] is the process group; [11]-[14] utime, stime, cutime, cstime (proc(5), from field 3)
-        if group is None or int(fields[2]) == group:
-            found[int(entry.name)] = sum(int(f) for f in fields[11:15]) / ticks
-    return found
-
-
-class Worker:
-    """``manage.py worker`` in its own process group, its log in a file."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self.handle = open(log, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "worker"],
-            cwd=ROOT,
-            env=env,
-            stdout=self.handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def cpu(self) -> float:
-        return sum(process_cpu(group=self.pid).values())
-
-    def log_size(self) -> int:
-        self.handle.flush()
-        return self.log.stat().st_size
-
-    def log_since(self, offset: int) -> str:
-        with open(self.log, "rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
-
-    def stop(self) -> None:
-        if self.alive():
-            os.killpg(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.pid, signal.SIGKILL)
-                self.process.wait()
-        self.handle.close()
+    show_summary(name, s, unit="s", width=44, places=7, extra=f"({s.get('n')} steps)")
 
 
 class Meter:
@@ -890,33 +729,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_database(database_url: str) -> tuple[str, str | None, Callable[[], None]]:
-    """The URL to use, the PostgreSQL database's name, and a function that drops it."""
-    if not database_url:
-        scratch = tempfile.mkdtemp(prefix="bench-seq-")
-        path = Path(scratch) / "bench.sqlite3"
-        return f"sqlite:///{path}", None, lambda: shutil.rmtree(scratch, ignore_errors=True)
-    parts = urlsplit(database_url)
-    if parts.scheme not in ("postgres", "postgresql", "pgsql"):
-        sys.exit("DATABASE_URL: PostgreSQL only (without it the benchmark uses a new SQLite file)")
-    name = parts.path.lstrip("/")
-    if "bench" not in name or name in ("kommo_agents", "test_kommo_agents"):
-        name = DEFAULT_DATABASE  # the server of DATABASE_URL, a database of our own
-    import psycopg
-    from psycopg import sql
-
-    admin = urlunsplit(parts._replace(path="/postgres"))
-
-    def drop() -> None:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-    drop()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return urlunsplit(parts._replace(path="/" + quote(name))), name, drop
-
-
 def sequence_steps(lead_variables: bool) -> list[dict]:
     if lead_variables:
         return [
@@ -935,7 +747,9 @@ def sequence_steps(lead_variables: bool) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     spreads = args.spread if args.spread is not None else [0.0, 60.0]
-    database_url, pg_name, drop_database = prepare_database(args.database_url)
+    database_url, pg_name, drop_database = prepare_database(
+        args.database_url, scratch_prefix="bench-seq-", default_name=DEFAULT_DATABASE
+    )
     work = Path(tempfile.mkdtemp(prefix="bench-seq-logs-"))
     settings_module = "config.settings.local"
     if args.q_cluster:
@@ -953,26 +767,16 @@ def main(argv: list[str] | None = None) -> int:
             f"Q_CLUSTER = {{**Q_CLUSTER, **{options!r}}}\n"
         )
         settings_module = "bench_seq_settings"
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_POOL",)}
-    env |= {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(work), os.environ.get("PYTHONPATH", "")])),
-        "DJANGO_SETTINGS_MODULE": settings_module,
-        "DEBUG": "false",  # DEBUG keeps every query in memory
-        "DATABASE_URL": database_url,
-        "DATABASE_POOL": "false",
-        "REDIS_URL": os.environ.get("REDIS_URL", ""),
-        "Q_WORKERS": str(args.workers),
-        "Q_SYNC": "false",
-        "LOG_LEVEL": args.log_level,
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
-        "PYTHONUNBUFFERED": "1",
-    }
-    os.environ.update(env | {"LOG_LEVEL": "WARNING"})  # this process: the figures only
-    sys.path[:0] = [str(ROOT), str(work)]
-    import django
-
-    django.setup()
+    env = worker_env(
+        database_url=database_url,
+        redis_url=os.environ.get("REDIS_URL", ""),
+        workers=args.workers,
+        log_level=args.log_level,
+        settings_module=settings_module,
+        pythonpath=[str(work)],
+        extra={"Q_SYNC": "false"},
+    )
+    setup_django(env, [str(work)])
     from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
@@ -988,9 +792,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = sequence_steps(args.lead_variables)
     if problems := check_steps(steps):
         sys.exit(f"invalid sequence steps: {problems}")
-    server = FakeVendors()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    server = FakeVendors().start()
+    base = server.url
 
     count = args.agents + 1  # the last one: the single-account variant
     user_model = get_user_model()

@@ -56,30 +56,33 @@ The exit status is 1 when a goal is missed or a check fails.
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import os
 import random
 import re
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
-ROOT = Path(__file__).resolve().parents[2]
+from common import (
+    ALLOWANCE,
+    FakeServer,
+    JsonHandler,
+    Worker,
+    cpu_seconds,
+    database_stats,
+    prepare_database,
+    setup_django,
+    summary,
+    worker_env,
+)
+from common import show as show_summary
+
 GOAL_P99_MS = 5.0
 GOAL_EVENTS_PER_SECOND = 200
-ALLOWANCE = 7  # Kommo: requests a second per account
 TOKEN = "bench-crm-token"
 ACCOUNT_ID = 31416592
 RESPONSIBLE = 8374811
@@ -112,58 +115,17 @@ EVENTS = [
 # --- the fake Kommo ------------------------------------------------------------------------
 
 
-class FakeKommo(ThreadingHTTPServer):
+class FakeKommo(FakeServer):
     """Kommo's lead update, task and note endpoints for many accounts at once: the base URL
     of account n is ``http://127.0.0.1:<port>/acct<n>``. Counts what it did, and answers
     429 to a request that would make more than ALLOWANCE in any second of one account."""
 
-    daemon_threads = True
-
     def __init__(self, latency: float) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(Handler)
         self.latency = latency
-        self.lock = threading.Lock()
-        self.next_id = 10_000_000
-        self.done: Counter[str] = Counter()  # operation → requests answered 200
-        self.seen: Counter[tuple[int, int, str]] = Counter()  # (account, lead, operation) → times done
-        self.arrivals: dict[int, list[float]] = {}  # account → arrival times, refused ones too
-        self.refused = 0
-
-    def admit(self, account: int) -> bool:
-        with self.lock:
-            now = time.monotonic()
-            times = self.arrivals.setdefault(account, [])
-            times.append(now)
-            if len(times) - bisect.bisect_left(times, now - 1.0) > ALLOWANCE:
-                self.refused += 1
-                return False
-            return True
 
     def record(self, account: int, lead: int, operation: str) -> int:
-        with self.lock:
-            self.done[operation] += 1
-            self.seen[(account, lead, operation)] += 1
-            self.next_id += 1
-            return self.next_id
-
-    def reset(self) -> None:
-        with self.lock:
-            self.done.clear()
-            self.seen.clear()
-            self.arrivals.clear()
-            self.refused = 0
-
-    def most_in_one_second(self) -> int:
-        best = 0
-        with self.lock:
-            for times in self.arrivals.values():
-                ordered = sorted(times)
-                start = 0
-                for end, t in enumerate(ordered):
-                    while ordered[start] < t - 1.0:
-                        start += 1
-                    best = max(best, end - start + 1)
-        return best
+        return self.count(operation, (account, lead, operation))
 
 
 LEAD_PATH = re.compile(r"/acct(\d+)/api/v4/leads/(\d+)")
@@ -171,39 +133,14 @@ TASKS_PATH = re.compile(r"/acct(\d+)/api/v4/tasks")
 NOTES_PATH = re.compile(r"/acct(\d+)/api/v4/leads/(\d+)/notes")
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server: FakeKommo
-    protocol_version = "HTTP/1.1"  # keep-alive, as with the real API
 
-    def setup(self) -> None:
-        super().setup()
-        # headers and body go out in two writes: without this, Nagle's algorithm holds the
-        # body for the client's delayed ACK (~40 ms a call), which no real API costs
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, *args) -> None:  # quiet
-        pass
-
-    def _body(self):
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        return json.loads(raw or b"null")
-
-    def _answer(self, status: int, data: dict, headers: dict | None = None) -> None:
-        payload = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/hal+json" if status < 400 else "application/problem+json")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
+    def content_type(self, status: int) -> str:
+        return "application/hal+json" if status < 400 else "application/problem+json"
 
     def _admitted(self, account: int) -> bool:
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            self._answer(401, {"title": "Unauthorized", "status": 401})
-            return False
-        if not self.server.admit(account):
-            self._answer(429, {"title": "Too Many Requests", "status": 429}, {"Retry-After": "1"})
+        if not self._kommo_admitted(account, TOKEN):
             return False
         if self.server.latency:
             time.sleep(self.server.latency)
@@ -451,60 +388,8 @@ def store(integration_id: int, changes: list[dict]) -> list[int]:
 # --- measuring -----------------------------------------------------------------------------
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
-
-
-def summary(times_ms: list[float]) -> dict[str, float]:
-    return {
-        "n": len(times_ms),
-        "p50": statistics.median(times_ms),
-        "p95": percentile(times_ms, 0.95),
-        "p99": percentile(times_ms, 0.99),
-        "max": max(times_ms),
-    }
-
-
 def show(name: str, s: dict[str, float], extra: str = "") -> None:
-    print(
-        f"  {name:52} p50 {s['p50']:6.2f}  p95 {s['p95']:6.2f}  p99 {s['p99']:6.2f}  max {s['max']:7.2f} ms"
-        + (f"   {extra}" if extra else ""),
-        flush=True,
-    )
-
-
-def cpu_seconds(group: int) -> float:
-    """User + system CPU seconds so far of the processes of a process group, from /proc:
-    those alive and the children they have reaped (django-q2 recycles its workers)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == group:
-            total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
-    return total / ticks
-
-
-def database_stats() -> tuple[float, int] | None:
-    """PostgreSQL's time executing statements in this database so far, and its committed
-    transactions (other databases on the server, other projects' tests, do not count);
-    None on SQLite."""
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_stat_clear_snapshot()")
-        cursor.execute("SELECT active_time, xact_commit FROM pg_stat_database WHERE datname = current_database()")
-        active, commits = cursor.fetchone()
-        return active / 1000, commits
+    show_summary(name, s, extra=extra)
 
 
 def measure_evaluation(integration, agent, events: int, warmup: int, seed: int, first_lead: int) -> dict:
@@ -589,25 +474,17 @@ def run_worker(args, env: dict[str, str], deliveries: list[list[int]], work: Pat
         result["worker_cpu_seconds"] = time.process_time() - cpu0
     else:
         log = work / f"worker-{label}.log"
-        handle = open(log, "wb")
         connection.close()
         db0 = database_stats()
         started = time.monotonic()
-        worker = subprocess.Popen(
-            [sys.executable, "manage.py", "worker"],
-            cwd=ROOT,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        worker = Worker(env, log)
         worker_cpu, cpu_at_first_event = 0.0, None
         try:
             left = len(ids)
             while left and time.monotonic() - started < args.timeout:
                 time.sleep(0.5)
-                if worker.poll() is not None:
-                    result["worker_exited"] = worker.returncode
+                if not worker.alive():
+                    result["worker_exited"] = worker.process.returncode
                     break
                 worker_cpu = cpu_seconds(worker.pid) or worker_cpu
                 left = pending.count()
@@ -615,14 +492,7 @@ def run_worker(args, env: dict[str, str], deliveries: list[list[int]], work: Pat
                     cpu_at_first_event = worker_cpu  # the cluster's start-up is not counted
             result["wall_seconds"] = time.monotonic() - started  # incl. the cluster's start-up
         finally:
-            if worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGTERM)
-                try:
-                    worker.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(worker.pid, signal.SIGKILL)
-                    worker.wait()
-            handle.close()
+            worker.stop()
         result["worker_cpu_seconds"] = worker_cpu - (cpu_at_first_event or 0)
         if db0 is not None:
             time.sleep(1)  # the backends report their statistics when they end, within a second
@@ -793,56 +663,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_database(database_url: str) -> tuple[str, Callable[[], None]]:
-    """The URL to use and a function that drops the database afterwards."""
-    if not database_url:
-        scratch = tempfile.mkdtemp(prefix="bench-triggers-")
-        path = Path(scratch) / "bench.sqlite3"
-        return f"sqlite:///{path}", lambda: shutil.rmtree(scratch, ignore_errors=True)
-    parts = urlsplit(database_url)
-    name = parts.path.lstrip("/")
-    if parts.scheme not in ("postgres", "postgresql", "pgsql"):
-        sys.exit("DATABASE_URL: PostgreSQL only (without it the benchmark uses a new SQLite file)")
-    if "bench" not in name or name in ("kommo_agents", "test_kommo_agents"):
-        sys.exit(f"DATABASE_URL names database {name!r}: the benchmark drops it, so its name must contain 'bench'")
-    import psycopg
-    from psycopg import sql
-
-    admin = urlunsplit(parts._replace(path="/postgres"))
-
-    def drop() -> None:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-    drop()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return urlunsplit(parts._replace(path="/" + quote(name))), drop
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     redis_url = os.environ.get("REDIS_URL", "")
-    database_url, drop_database = prepare_database(os.environ.get("DATABASE_URL", ""))
+    database_url, _, drop_database = prepare_database(
+        os.environ.get("DATABASE_URL", ""), scratch_prefix="bench-triggers-"
+    )
     work = Path(tempfile.mkdtemp(prefix="bench-triggers-logs-"))
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_POOL",)}
-    env |= {
-        "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "DEBUG": "false",  # DEBUG keeps every query in memory
-        "DATABASE_URL": database_url,
-        "DATABASE_POOL": "false",
-        "REDIS_URL": redis_url,
-        "Q_WORKERS": str(args.workers),
-        "LOG_LEVEL": args.log_level,
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
-        "PYTHONUNBUFFERED": "1",
-    }
-    os.environ.update(env | {"LOG_LEVEL": "WARNING"})  # this process: the figures only
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
+    env = worker_env(database_url=database_url, redis_url=redis_url, workers=args.workers, log_level=args.log_level)
+    setup_django(env)
     from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
@@ -856,9 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     from integrations.models import Integration
     from triggers.models import Trigger
 
-    server = FakeKommo(args.latency / 1000)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    server = FakeKommo(args.latency / 1000).start()
+    base = server.url
 
     user_model = get_user_model()
     owners = user_model.objects.bulk_create(
