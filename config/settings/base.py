@@ -1,5 +1,6 @@
 """Settings shared by every environment. Every value a deployment may change is an
 environment variable with a working local default; the README lists them all."""
+import ipaddress
 from pathlib import Path
 
 import environ
@@ -346,6 +347,11 @@ LOGGING = {
 # address, not X-Forwarded-For); with neither set it answers 404.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
+for _network in METRICS_ALLOWED_NETWORKS:  # a typo stops the start, not every scrape with a 500
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _error:
+        raise environ.ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {_error}") from None
 # The rendered /metrics output is reused for this long (each scrape reads every table).
 METRICS_CACHE_SECONDS = env.float("METRICS_CACHE_SECONDS", default=5)
 # Each process keeps its counts in memory and adds them to the database this often, and

@@ -53,3 +53,10 @@ def test_production_refuses_to_start_without_encryption_keys():
 
     assert result.returncode != 0
     assert "ENCRYPTION_KEYS must be set in production" in result.stderr
+
+
+def test_a_metrics_network_that_is_not_a_network_stops_the_start_with_one_line():
+    result = run_check({"SECRET_KEY": "x" * 50, "METRICS_ALLOWED_NETWORKS": "10.0.0.0/8,10.0.0.300/32"})
+
+    assert result.returncode != 0
+    assert "METRICS_ALLOWED_NETWORKS: '10.0.0.300/32' does not appear to be an IPv4 or IPv6 network" in result.stderr
