@@ -92,14 +92,27 @@ def outbound_status_apply(*, integration: Integration, update: StatusUpdate) -> 
     return bool(matched)
 
 
+def reply_key(message: ConversationMessage) -> str:
+    """The key of the reply to an inbound message: one reply each (agents.channels.send_once)."""
+    return f"reply-to-{message.pk}"
+
+
 def message_retry(*, message: ConversationMessage) -> bool:
     """Answer a failed inbound message again, from the start (an admin action). Whether
-    it was failed (only failed messages are retried)."""
+    it was failed (only failed messages are retried). A reply whose send was never
+    confirmed is given up: staff decided it did not arrive, so it is written again."""
     with transaction.atomic():
         retried = ConversationMessage.objects.filter(
             pk=message.pk, direction=ConversationMessage.Direction.INBOUND, status=ConversationMessage.Status.FAILED
         ).update(status=ConversationMessage.Status.RECEIVED, attempts=0, error="", processed_at=None)
         if retried:
+            ConversationMessage.objects.filter(
+                key=reply_key(message), status=ConversationMessage.Status.SENDING
+            ).update(
+                status=ConversationMessage.Status.NOT_SENT,
+                key="",
+                error="its send was not confirmed; the message was retried, so it is answered again",
+            )
             enqueue_with_transaction(REPLY_TASK, message.pk)
     return bool(retried)
 

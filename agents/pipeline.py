@@ -32,12 +32,13 @@ from agents.ai.errors import AIError, AIPermanentError, AIRateLimited
 from agents.language import reply_language
 from crm import connection as crm
 from crm.client import Contact, FieldValue, Lead
-from integrations.errors import IntegrationError, PermanentError, RateLimited
+from crm.services import write_once
+from integrations.errors import IntegrationError, PermanentError, RateLimited, Unconfirmed
 from integrations.models import Integration
 
 from . import calendar_tools
-from .channels import send_text
-from .conversations import conversation_hand_off
+from .channels import INTERRUPTED, NotSentAgain, send_once, sent_by_key
+from .conversations import conversation_hand_off, reply_key
 from .models import Agent, AgentCrmAccess, Conversation, ConversationMessage, ExecutionLog
 from .services import execution_log_write
 
@@ -96,6 +97,14 @@ def message_reply(*, message_id: int) -> str:
         "conversation__agent", "conversation__integration"
     ).get(pk=message_id)
     started = time.monotonic()
+    earlier = sent_by_key(reply_key(message))
+    if earlier is not None:  # an earlier attempt got as far as sending: never answer twice
+        if earlier.status == Status.SENT:
+            status, reason = Status.ANSWERED, "the reply had been sent; its outcome is recorded now"
+        else:
+            status, reason = Status.FAILED, f"channel: {earlier.error or INTERRUPTED}"
+        _finish(message, status, reason, started)
+        return status
     _tell_handlers(message)
     try:
         status, reason = _reply(message)
@@ -155,7 +164,9 @@ def _reply(message: ConversationMessage) -> tuple[str, str]:
     kommo = _kommo_of(agent)
     if conversation.is_test and not conversation.crm_lead_id:
         kommo = None  # a staff test chat reads only the lead staff named; it never creates one
-    context = _lead_context(kommo, conversation) if kommo else LeadContext(None, None)
+    # a retry looks for a lead an earlier attempt may have created without hearing back
+    retried_since = message.created_at if message.attempts > 1 else None
+    context = _lead_context(kommo, conversation, retried_since=retried_since) if kommo else LeadContext(None, None)
     handoff = asks_for_human(message.text)
     language = reply_language(
         detection=agent.language_detection,
@@ -181,10 +192,10 @@ def _reply(message: ConversationMessage) -> tuple[str, str]:
         raise Fail(f"AI provider: {exc}") from exc
     except AIError as exc:
         raise Retry(f"AI provider: {exc}") from exc
-    _send_and_store(message, completion.text, completion=completion)
     crm_writes = kommo if not conversation.is_test else None  # a test chat leaves no trace in the CRM
-    if handoff:
-        _hand_off(conversation, agent, crm_writes, context, reason="lead_asked", text=message.text)
+    if handoff:  # before the reply: a failure here retries the message, and nothing went out yet
+        _hand_off(message, agent, crm_writes, context, reason="lead_asked")
+    _send_and_store(message, completion.text, completion=completion)
     if crm_writes and context.lead:
         _note_exchange(crm_writes, context.lead.id, message.text, completion.text)
     return Status.ANSWERED, ""
@@ -218,8 +229,13 @@ def _kommo_of(agent: Agent) -> Integration | None:
 
 
 def _crm(kommo: Integration, operation):
+    return _crm_mapped(lambda: crm.call(kommo, operation, max_wait=CRM_WAIT_SECONDS))
+
+
+def _crm_mapped(do):
+    """``do()``, the CRM's errors turned into Retry or Fail."""
     try:
-        return crm.call(kommo, operation, max_wait=CRM_WAIT_SECONDS)
+        return do()
     except RateLimited as exc:
         raise Retry(f"CRM: {exc}", exc.retry_after) from exc
     except PermanentError as exc:
@@ -250,9 +266,14 @@ def read_lead_context(
     return context
 
 
-def _lead_context(kommo: Integration, conversation: Conversation) -> LeadContext:
+def _lead_context(kommo: Integration, conversation: Conversation, *, retried_since=None) -> LeadContext:
     """The conversation's lead and contact, found by the stored link or the phone number,
     or created so that every conversation belongs to a lead.
+
+    A creation whose answer never came (``Unconfirmed``) may have been done: the message
+    is tried again later, and that attempt (``retried_since``: when the message came)
+    looks for the lead first, by the phone number or else by its name, so that a chat
+    gets one lead.
 
     A linked lead's data is cached for ``LEAD_CACHE_SECONDS``: a chat is many messages in
     a few minutes, and each would otherwise cost two CRM requests out of the account's
@@ -271,17 +292,29 @@ def _lead_context(kommo: Integration, conversation: Conversation) -> LeadContext
     if conversation.phone:
         found = _crm(kommo, lambda c: c.find_contacts_by_phone(conversation.phone))
         contact = found[0] if found else None
+    channel = conversation.integration.get_integration_type_display()
+    name = conversation.sender_name or conversation.phone or f"{channel} {conversation.chat_id}"
+    lead_name = f"Chat: {name}"
+    earlier = None
+    if retried_since is not None and not conversation.phone and not contact:
+        earlier = _created_earlier(kommo, conversation, lead_name, retried_since)
     if contact and contact.lead_ids:
         lead = _crm(kommo, lambda c: c.get_lead(max(contact.lead_ids)))  # the newest of them
+    elif earlier is not None:
+        lead = earlier
+        contact = Contact(id=lead.main_contact_id, name=name) if lead.main_contact_id else None
     else:
-        channel = conversation.integration.get_integration_type_display()
-        name = conversation.sender_name or conversation.phone or f"{channel} {conversation.chat_id}"
-        created = _crm(
-            kommo,
-            lambda c: c.create_lead_with_contact(
-                lead_name=f"Chat: {name}", contact_name=name, phone=conversation.phone or None
-            ),
-        )
+        try:
+            created = _crm(
+                kommo,
+                lambda c: c.create_lead_with_contact(
+                    lead_name=lead_name, contact_name=name, phone=conversation.phone or None
+                ),
+            )
+        except Retry as exc:
+            if isinstance(exc.__cause__, Unconfirmed):  # the next attempt looks for it first
+                raise Retry(f"CRM: the lead's creation was not confirmed; it is looked for next time ({exc})") from exc
+            raise
         # a lead created just now has no field values yet: nothing to read back
         lead = Lead(
             id=created.lead_id,
@@ -299,20 +332,46 @@ def _lead_context(kommo: Integration, conversation: Conversation) -> LeadContext
     return LeadContext(lead, contact)
 
 
-def _hand_off(conversation, agent, kommo, context: LeadContext, *, reason: str, text: str) -> None:
-    conversation_hand_off(conversation=conversation, reason=reason, minutes=agent.handoff_minutes)
+def _created_earlier(kommo: Integration, conversation: Conversation, lead_name: str, since) -> Lead | None:
+    """The lead named ``lead_name`` that an earlier attempt created (since ``since``, less a
+    minute for the CRM's clock), when there is exactly one; Fail when there are several."""
+    created_since = int(since.timestamp()) - 60
+    found = [lead for lead in _crm(kommo, lambda c: c.find_leads(lead_name, created_since=created_since))
+             if lead.name == lead_name]  # fmt: skip
+    linked = set(
+        Conversation.objects.filter(
+            agent_id=conversation.agent_id, crm_lead_id__in=[lead.id for lead in found]
+        ).values_list("crm_lead_id", flat=True)
+    )
+    found = [lead for lead in found if lead.id not in linked]  # another chat's lead of the same name
+    if len(found) > 1:
+        raise Fail(f"CRM: {len(found)} leads named {lead_name!r} were created for this chat; link the right one")
+    return found[0] if found else None
+
+
+def _hand_off(message: ConversationMessage, agent, kommo, context: LeadContext, *, reason: str) -> None:
+    """The team takes the conversation, and gets a task on the lead: one, even when this
+    attempt is a retry after one whose task was not confirmed (it is looked for first).
+    The task comes first: a conversation already handed off would skip the retry."""
     if kommo and context.lead:
         lead = context.lead
         due = int(time.time()) + 15 * 60
-        _crm(
-            kommo,
-            lambda c: c.create_task(
-                lead_id=lead.id,
-                text=f"The lead asked for a person in the chat: “{text[:200]}”",
-                complete_till=due,
-                responsible_user_id=lead.responsible_user_id,
-            ),
+        text = f"The lead asked for a person in the chat: “{message.text[:200]}”"
+        since = int(message.created_at.timestamp()) - 60 if message.attempts > 1 else None
+        _crm_mapped(
+            lambda: write_once(
+                kommo,
+                "task",
+                lead.id,
+                text,
+                lambda c: c.create_task(
+                    lead_id=lead.id, text=text, complete_till=due, responsible_user_id=lead.responsible_user_id
+                ),
+                verify_since=since,
+                max_wait=CRM_WAIT_SECONDS,
+            )
         )
+    conversation_hand_off(conversation=message.conversation, reason=reason, minutes=agent.handoff_minutes)
 
 
 def _note_exchange(kommo: Integration, lead_id: int, question: str, answer: str) -> None:
@@ -378,30 +437,28 @@ def _history(message: ConversationMessage) -> list[ai.ChatMessage]:
 
 def _send_and_store(message: ConversationMessage, text: str, *, completion) -> None:
     conversation = message.conversation
+    if conversation.is_test:  # a staff test chat has no channel: the reply is only stored
+        _store_test_reply(message, text, completion)
+        return
     try:
-        # a staff test chat has no channel: the reply is only stored, and shown in the admin
-        sent = [] if conversation.is_test else send_text(conversation.integration, conversation, text)
-    except IntegrationError as exc:
-        went_out = getattr(exc, "sent", ())
-        if went_out:
-            # part of a long reply reached the lead: keep what did, and do not write the
-            # reply again (a retry would send those parts twice)
-            _store_reply(message, " ".join(part.text for part in went_out), went_out, completion)
-            raise Fail(f"channel: {len(went_out)} part(s) of the reply sent, then: {exc}") from exc
+        send_once(conversation, text, key=reply_key(message), completion=completion, reply_to=message)
+    except NotSentAgain as exc:
+        # it may have reached the lead (part of it, or unconfirmed): never written twice
+        raise Fail(f"channel: {exc}") from exc
+    except IntegrationError as exc:  # nothing went out
         if isinstance(exc, RateLimited):
             raise Retry(f"channel: {exc}", exc.retry_after) from exc
         if isinstance(exc, PermanentError):
             raise Fail(f"channel: {exc}") from exc
         raise Retry(f"channel: {exc}") from exc
-    _store_reply(message, text, sent, completion)
 
 
-def _store_reply(message: ConversationMessage, text: str, sent, completion) -> None:
+def _store_test_reply(message: ConversationMessage, text: str, completion) -> None:
     ConversationMessage.objects.create(
         conversation=message.conversation,
         direction=ConversationMessage.Direction.OUTBOUND,
         author=ConversationMessage.Author.AGENT,
-        external_id=sent[0].message_id if sent else "",
+        key=reply_key(message),
         text=text,
         status=Status.SENT,
         reply_to=message,

@@ -384,6 +384,7 @@ class KommoClient:
             )
             retry_after = getattr(error, "retry_after", None)
             if not retryable or attempt == last or (retry_after or 0) > self._retry.max_delay:
+                error = http.unconfirmed_if_sent(error, method not in IDEMPOTENT and sent)
                 integration_call_failed(vendor="Kommo", call=what, error=error, attempts=attempt + 1)
                 raise error
             delay = self._retry.delay(attempt, retry_after)
@@ -492,6 +493,13 @@ class KommoClient:
         if not data:
             raise NotFound(f"Kommo contact {int(contact_id)} was not found", status=204)
         return _parsed_one(parse_contact, data, f"GET {path}")
+
+    def find_leads(self, query: str, *, created_since: int) -> list[Lead]:
+        """Leads matching ``query`` (Kommo's full-text search: the name among others) created
+        since ``created_since`` (Unix time), with their contacts' ids: how a lead creation
+        that was not confirmed is found done."""
+        params = {"query": query, "filter[created_at][from]": int(created_since), "with": "contacts"}
+        return self._list(f"{API}/leads", "leads", parse_lead, **params)
 
     def find_contacts(self, query: str) -> list[Contact]:
         """Contacts matching a phone number, e-mail or name (Kommo's full-text ``query``)."""

@@ -29,7 +29,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from integrations import ratelimit
-from integrations.errors import AuthError, IntegrationError, PermanentError, TransientError
+from integrations.errors import AuthError, IntegrationError, PermanentError, TransientError, Unconfirmed
 from integrations.models import Integration
 from integrations.services import integration_set_status
 
@@ -193,7 +193,7 @@ def call(integration: Integration, operation: Callable[[KommoClient], T], *, max
                 integration=integration, status=Integration.Status.NEEDS_RECONNECT, detail=str(second)
             )
             raise
-    except TransientError as exc:
+    except (TransientError, Unconfirmed) as exc:
         integration_set_status(integration=integration, status=Integration.Status.FAILING, detail=str(exc))
         raise
     if integration.status != Integration.Status.CONNECTED:

@@ -5,11 +5,14 @@ adapter imports none of the apps that consume its events.
 Outcomes, per event:
 
 * every handler returned → ``done`` (``processed_at`` set);
-* a handler raised TransientError or RateLimited → that handler is tried again later,
-  the others are not: the event stays ``pending`` and a one-off django-q2 schedule runs
-  ``crm.tasks.process_events`` for it with the handlers still to run, after
-  ``retry_delay(attempts)`` (30 s, 2 min, 8 min, 32 min; longer when the CRM asked for
-  it with Retry-After). The cluster looks at schedules about every 30 s. After
+* a handler raised TransientError or RateLimited, or the database failed under it →
+  that handler is tried again later, the others are not: the event stays ``pending``
+  with ``retry_at`` set (in the same statement as its attempt count), and a one-off
+  django-q2 schedule runs ``crm.tasks.process_events`` for it with the handlers still to
+  run, after ``retry_delay(attempts)`` (30 s, 2 min, 8 min, 32 min; longer when the CRM
+  asked for it with Retry-After). The cluster looks at schedules about every 30 s. If
+  that schedule is lost (the worker or the database went down before it was written),
+  the sweeper runs the event once ``retry_at`` is SWEEP_AFTER overdue. After
   MAX_ATTEMPTS runs it counts as failed;
 * a handler raised anything else → the other handlers still run, the event ends
   ``failed`` with the reason, and the failure goes to the agent's execution log.
@@ -27,6 +30,7 @@ from datetime import timedelta
 from functools import lru_cache
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import F
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -118,7 +122,7 @@ def _run_handlers(
             continue
         try:
             handler(event)
-        except (TransientError, RateLimited) as exc:
+        except (TransientError, RateLimited, DatabaseError) as exc:  # the database: down or locked for a while
             transient.append(path)
             last_transient = _reason(path, exc)
             if isinstance(exc, RateLimited) and exc.retry_after:
@@ -132,7 +136,8 @@ def _run_handlers(
     base = CrmEvent.objects.filter(pk=event.pk)
     if transient and attempts < MAX_ATTEMPTS and not permanent:
         event.attempts, event.error = attempts, last_transient
-        base.update(attempts=F("attempts") + 1, error=last_transient)
+        event.retry_at = timezone.now() + timedelta(seconds=retry_delay(attempts, retry_after))
+        base.update(attempts=F("attempts") + 1, error=last_transient, retry_at=event.retry_at)
         logger.warning("crm.event.retrying", extra={"event_id": event.id, "attempts": attempts})
         return "retrying", transient, retry_after
     if not transient and not permanent:
@@ -171,23 +176,42 @@ def _run_handlers(
 
 
 SWEEP_AFTER = timedelta(minutes=10)
-SWEEP_RETRIES_AFTER = timedelta(hours=3)  # longer than the longest retry delay
+SWEEP_RETRIES_AFTER = timedelta(hours=3)  # events from before retry_at: longer than any retry delay
+SWEEP_FRONTIER_LAG = timedelta(minutes=1)  # tasks taken just before the newest one may still run
 SWEEP_BATCH = 200
 
 
 def events_sweep(*, now=None) -> int:
     """Queue events whose processing was lost (a task that died outside the handlers, a
-    worker or database outage): pending and never tried after SWEEP_AFTER, or pending
-    with retries long overdue. Run every few minutes by a django-q2 schedule."""
+    worker or database outage); run every few minutes by a django-q2 schedule:
+
+    * never tried, received SWEEP_AFTER ago, and not just waiting their turn: the task
+      queue is empty, or events received over SWEEP_FRONTIER_LAG after them have been
+      taken up (tasks are taken oldest first, so theirs is gone). A long backlog is
+      left to drain instead of being queued a second time;
+    * retrying, with ``retry_at`` SWEEP_AFTER overdue (the retry's schedule was lost)."""
     from django.db.models import Q
     from django_q.tasks import async_task
 
     now = now or timezone.now()
+    never_tried = Q(attempts=0, received_at__lt=now - SWEEP_AFTER)
+    if _task_queue_busy():
+        frontier = (
+            CrmEvent.objects.exclude(status=CrmEvent.Status.PENDING, attempts=0)
+            .order_by("-id")
+            .values_list("id", "received_at")
+            .first()
+        )
+        if frontier is None:
+            never_tried = Q(pk__in=[])
+        else:
+            never_tried &= Q(id__lt=frontier[0], received_at__lt=frontier[1] - SWEEP_FRONTIER_LAG)
     stuck = (
         CrmEvent.objects.filter(status=CrmEvent.Status.PENDING)
         .filter(
-            Q(attempts=0, received_at__lt=now - SWEEP_AFTER)
-            | Q(attempts__gt=0, received_at__lt=now - SWEEP_RETRIES_AFTER)
+            never_tried
+            | Q(attempts__gt=0, retry_at__lt=now - SWEEP_AFTER)
+            | Q(attempts__gt=0, retry_at__isnull=True, received_at__lt=now - SWEEP_RETRIES_AFTER)
         )
         .order_by("id")
         .values_list("id", flat=True)
@@ -198,3 +222,14 @@ def events_sweep(*, now=None) -> int:
     if ids:
         logger.warning("crm.events.swept", extra={"events": len(ids)})
     return len(ids)
+
+
+def _task_queue_busy() -> bool:
+    """Whether django-q2's queue holds tasks (the events of a backlog wait in it)."""
+    from django_q.brokers import get_broker
+
+    try:
+        return get_broker().queue_size() > 0
+    except Exception:  # the broker cannot tell (Redis down): assume a backlog, sweep less
+        logger.warning("crm.events.sweep_queue_unknown", exc_info=True)
+        return True

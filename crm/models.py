@@ -46,6 +46,9 @@ class CrmEvent(models.Model):
     error = models.TextField(blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # when the next try of a retrying event is due: written with its attempt count, so the
+    # sweeper finds a retry whose schedule was lost (a worker or the database went down)
+    retry_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

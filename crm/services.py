@@ -111,3 +111,42 @@ def field_names_for_agent(agent_id: int) -> dict[str, dict[int, str]] | None:
         "lead_fields": {int(f["id"]): f.get("name") or str(f["id"]) for f in snapshot.lead_fields},
         "contact_fields": {int(f["id"]): f.get("name") or str(f["id"]) for f in snapshot.contact_fields},
     }
+
+
+def write_find(
+    integration: Integration, kind: str, lead_id: int, text: str, *, since: int, max_wait: float = 120
+) -> int | None:
+    """The id of the lead's task (``kind`` "task") or note ("note") with this text, changed
+    since ``since`` (Unix time), or None; NotFound when the lead is gone.
+
+    How a write whose answer never came (``integrations.errors.Unconfirmed``, or a worker
+    that died while making it) is found done instead of being done a second time."""
+    if kind == "task":
+        items = connection.call(integration, lambda c: c.recent_tasks(lead_id, since=since), max_wait=max_wait)
+    elif kind == "note":
+        items = connection.call(integration, lambda c: c.recent_notes(lead_id, since=since), max_wait=max_wait)
+    else:
+        raise ValueError(f"no look-up for {kind!r}")
+    wanted = text.strip()
+    return next((item_id for item_id, item_text in items if item_text.strip() == wanted), None)
+
+
+def write_once(
+    integration: Integration,
+    kind: str,
+    lead_id: int,
+    text: str,
+    write: Callable[[KommoClient], int],
+    *,
+    verify_since: int | None,
+    max_wait: float = 120,
+) -> tuple[int, bool]:
+    """(id, whether it was found already done) of a task or note made by ``write``. With
+    ``verify_since`` (an earlier attempt's write was not confirmed, or its worker died),
+    the lead's tasks or notes since then are looked at first, and the write is done only
+    when it is not there."""
+    if verify_since is not None:
+        found = write_find(integration, kind, lead_id, text, since=verify_since, max_wait=max_wait)
+        if found is not None:
+            return found, True
+    return connection.call(integration, write, max_wait=max_wait), False

@@ -34,6 +34,20 @@ class TransientError(IntegrationError):
         self.retry_after = retry_after
 
 
+class Unconfirmed(IntegrationError):
+    """A write that was sent got no answer saying it was done: a timeout, a dropped
+    connection or a 5xx after the request left. It may have been done (the task exists,
+    the message reached the lead), so it must not simply be sent again: the caller looks
+    for it first (a Kommo task or note, a lead) or fails visibly (a message).
+
+    Deliberately not a TransientError: code that retries transient errors blindly would
+    do the write twice. ``retry_after`` is the vendor's, when it said."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
 class PermanentError(IntegrationError):
     """Retrying the same call will fail the same way: a 4xx, a malformed answer."""
 

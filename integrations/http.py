@@ -15,6 +15,8 @@ import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
+from .errors import IntegrationError, TransientError, Unconfirmed
+
 _local = threading.local()
 
 
@@ -73,3 +75,14 @@ def retry_after(response: requests.Response) -> float | None:
             return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
         except (TypeError, ValueError):
             return None
+
+
+def unconfirmed_if_sent(error: IntegrationError, write_sent: bool) -> IntegrationError:
+    """The error a client raises for its last attempt: a transient failure (a timeout, a
+    dropped connection, a 5xx) of a write that was sent becomes ``Unconfirmed``, since the
+    write may have been done; anything else is raised as it is."""
+    if write_sent and isinstance(error, TransientError):
+        return Unconfirmed(
+            f"{error} (not confirmed: it may have been done)", status=error.status, retry_after=error.retry_after
+        )
+    return error

@@ -126,13 +126,14 @@ VENDOR_TYPES = {
 
 def error_kind(error: Exception) -> str:
     """A short name for an outside service's typed error (integrations/errors.py)."""
-    from integrations.errors import AuthError, NotFound, PermanentError, RateLimited, TransientError
+    from integrations.errors import AuthError, NotFound, PermanentError, RateLimited, TransientError, Unconfirmed
 
     for cls, kind in (
         (NotFound, "not_found"),
         (AuthError, "auth"),
         (RateLimited, "rate_limited"),
         (TransientError, "transient"),
+        (Unconfirmed, "unconfirmed"),
         (PermanentError, "permanent"),
     ):
         if isinstance(error, cls):

@@ -45,16 +45,19 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from agents.ai.errors import AIError, AIPermanentError
+from agents.channels import sent_by_key
 from agents.models import Agent, ConversationMessage, ExecutionLog
 from agents.realtime import send_event_on_commit
 from agents.schemas import parse_schedule
 from crm.models import CrmEvent
-from integrations.errors import IntegrationError, NotFound, PermanentError, RateLimited, TransientError
+from crm.services import write_find
+from integrations.errors import IntegrationError, NotFound, PermanentError, RateLimited, TransientError, Unconfirmed
 from integrations.models import Integration
 from triggers import actions as crm_actions
 from triggers.engine import Facts, _equal
-from triggers.execution import agent_zone, contact_loader, lead_loader
+from triggers.execution import UNCONFIRMED_KEY, VERIFY_MARGIN_SECONDS, agent_zone, contact_loader, lead_loader
 from triggers.models import EntityState
+from triggers.schemas import VERIFIABLE_ACTIONS
 
 from .models import ACTIVE_RUN_STATUSES, Sequence, SequenceRun, SequenceStep
 from .schemas import exit_rules_of
@@ -64,6 +67,7 @@ logger = logging.getLogger(__name__)
 RUN_STEP_TASK = "sequences.tasks.run_step"
 MAX_ATTEMPTS = 5
 RETRY_BASE_SECONDS = 30
+VERIFIABLE_STEPS = VERIFIABLE_ACTIONS  # a task or note: looked for before it is made again
 RETRY_FACTOR = 4
 STEP_TIMEOUT = timedelta(minutes=10)  # default; longer than any step (an AI call with its retries)
 REQUEUE_AFTER = timedelta(minutes=2)  # default; a step queued and not started by then is queued again
@@ -79,6 +83,8 @@ def requeue_after() -> timedelta:
     """SEQUENCE_REQUEUE_SECONDS: a step queued and not started by then is queued again."""
     seconds = getattr(settings, "SEQUENCE_REQUEUE_SECONDS", None)
     return timedelta(seconds=seconds) if seconds else REQUEUE_AFTER
+
+
 QUEUED_MAX = 1000  # default; due steps handed to the queue and not started yet, at most
 
 
@@ -453,6 +459,7 @@ def _execute(step: SequenceStep, run: SequenceRun, agent: Agent, was_waiting: bo
         return Outcome("waiting", {"wake_at": wake.isoformat()}, due_at=wake)
     ctx = _context(run, agent)
     ctx.action_key = step.idempotency_key
+    ctx.verify_since = step.output.get(UNCONFIRMED_KEY) if kind in VERIFIABLE_STEPS else None
     try:
         if kind == "generate_message":
             chat = _chat_or_none(ctx, None)
@@ -486,6 +493,13 @@ def _execute(step: SequenceStep, run: SequenceRun, agent: Agent, was_waiting: bo
         if kind in crm_actions.HANDLERS:
             return Outcome("done", crm_actions.HANDLERS[kind](spec, ctx))
         raise StepFailed(f"unknown step type {kind!r}")
+    except Unconfirmed as exc:
+        if kind not in VERIFIABLE_STEPS:
+            return Outcome("failed", {}, f"not confirmed, so not done again: {_error(exc)}")
+        # it may exist: the next attempt looks for it first (from a little before this one)
+        since = ctx.verify_since or int(step.claimed_at.timestamp()) - VERIFY_MARGIN_SECONDS
+        due = timezone.now() + _backoff(step.attempts, exc.retry_after)
+        return Outcome("retry", {UNCONFIRMED_KEY: since}, _error(exc), due_at=due)
     except (TransientError, RateLimited) as exc:
         retry_after = getattr(exc, "retry_after", None)
         return Outcome("retry", {}, _error(exc), due_at=timezone.now() + _backoff(step.attempts, retry_after))
@@ -572,7 +586,10 @@ def _finish(step: SequenceStep, run: SequenceRun, outcome: Outcome) -> int | Non
             _record(run, "waiting", step=step, detail={"wake_at": outcome.output.get("wake_at")})
             return None
         if outcome.status == "retry" and step.attempts < MAX_ATTEMPTS:
-            if not mine.update(status=StepStatus.SCHEDULED, due_at=outcome.due_at, error=outcome.error):
+            retry = {"status": StepStatus.SCHEDULED, "due_at": outcome.due_at, "error": outcome.error}
+            if outcome.output:  # what the next attempt must know (a write to look for first)
+                retry["output"] = step.output = {**step.output, **outcome.output}
+            if not mine.update(**retry):
                 return _claim_lost(step)
             step.status = StepStatus.SCHEDULED
             if live in LIVE_RUN:
@@ -694,7 +711,7 @@ def _recover(step: SequenceStep, now: datetime) -> None:
     if kind in ("create_task", "add_note") and run.integration is not None:
         found = _find_in_crm(step, run)
     elif kind == "send_message":
-        message = crm_actions.sent_by_key(step.idempotency_key)
+        message = sent_by_key(step.idempotency_key)
         if message is not None and message.status == ConversationMessage.Status.SENT:
             found = {"conversation_id": message.conversation_id, "message_id": message.pk, "text": message.text[:500]}
         elif message is not None:
@@ -717,23 +734,16 @@ def _recover(step: SequenceStep, now: datetime) -> None:
 
 
 def _find_in_crm(step: SequenceStep, run: SequenceRun) -> dict[str, Any] | None:
-    from crm import connection
-
     spec = run.steps[step.index]
     agent = Agent.objects.get(pk=run.agent_id)
     text = _context(run, agent).render(spec["text"]) or spec["text"]
-    since = int((step.claimed_at - timedelta(minutes=1)).timestamp())
+    since = int(step.claimed_at.timestamp()) - VERIFY_MARGIN_SECONDS
+    kind = "task" if step.type == "create_task" else "note"
     try:
-        if step.type == "create_task":
-            items = connection.call(run.integration, lambda c: c.recent_tasks(run.crm_lead_id, since=since))
-        else:
-            items = connection.call(run.integration, lambda c: c.recent_notes(run.crm_lead_id, since=since))
+        found = write_find(run.integration, kind, run.crm_lead_id, text, since=since)
     except NotFound:
         return None
-    for item_id, item_text in items:
-        if item_text.strip() == text.strip():
-            return {"task_id" if step.type == "create_task" else "note_id": item_id, "text": text[:500]}
-    return None
+    return None if found is None else {f"{kind}_id": found, "text": text[:500]}
 
 
 def dispatch_interval() -> float:

@@ -23,12 +23,13 @@ from django.utils import timezone
 
 from agents import ai, booking
 from agents.ai.base import usage_for_agent
+from agents.channels import NotSentAgain, send_once
 from agents.models import Agent, Conversation, ConversationMessage
 from agents.schemas import Schedule, parse_schedule
 from crm import connection as crm
 from crm.client import LeadUpdate
-from crm.services import snapshot_metadata
-from integrations.errors import IntegrationError, PermanentError
+from crm.services import snapshot_metadata, write_once
+from integrations.errors import PermanentError
 from integrations.models import Integration
 
 from .engine import Facts
@@ -54,6 +55,9 @@ class ActionContext:
     dry_run: bool = False
     reference: str = ""  # what started this work ("trigger:5:event:9"), for runs it starts
     action_key: str = ""  # the action or step being done, for its message's key
+    # an earlier attempt's CRM write may have been done (not confirmed, or its worker died):
+    # look for it among the lead's tasks or notes since then (Unix time) before writing
+    verify_since: int | None = None
     _names: dict[str, dict[int, str]] = field(default_factory=dict, init=False, repr=False)
 
     # -- the CRM --------------------------------------------------------------------------
@@ -62,6 +66,14 @@ class ActionContext:
         if self.kommo is None:
             raise ActionFailed("the agent has no active Kommo integration")
         return crm.call(self.kommo, operation, max_wait=CRM_WAIT_SECONDS)
+
+    def crm_write(self, kind: str, lead_id: int, text: str, operation: Callable[[Any], int]) -> tuple[int, bool]:
+        """A task or note made at most once: (its id, whether an earlier attempt had made it)."""
+        if self.kommo is None:
+            raise ActionFailed("the agent has no active Kommo integration")
+        return write_once(
+            self.kommo, kind, lead_id, text, operation, verify_since=self.verify_since, max_wait=CRM_WAIT_SECONDS
+        )
 
     def own_change(self, kinds: list[str], expect: Mapping[str, Any]) -> None:
         from .loops import own_change_record
@@ -199,79 +211,20 @@ def generate(ctx: ActionContext, conversation: Conversation | None, instruction:
     return _generate(ctx, conversation, instruction)
 
 
-class SendInterrupted(ActionFailed):
-    """A message with this key was handed to the channel and its answer never recorded
-    (a worker killed mid-send): whether it reached the lead is not known."""
-
-
-def sent_by_key(key: str) -> ConversationMessage | None:
-    """The message a trigger action or sequence step wrote, if it got that far."""
-    return ConversationMessage.objects.filter(key=key).first() if key else None
-
-
 def deliver(conversation: Conversation, text: str, completion=None, *, key: str = "") -> dict[str, Any]:
-    """Send ``text`` in the chat and store it; the JSON result of a send.
-
-    With a ``key`` (the action or step), the message row is written, status "sending",
-    and committed before the channel is called, then marked sent. So after a crash the
-    row tells what happened: none — nothing went out, send; "sent" — done, do not send
-    again; "sending" — unknown: SendInterrupted, never a second send."""
-    from agents.channels import send_text
-
+    """Send ``text`` in the chat and store it, at most once for ``key`` (the action or
+    step: agents.channels.send_once); the JSON result of a send. A message that may have
+    reached the lead fails the action rather than being sent again."""
     if not text:
         raise ActionFailed("the message is empty once its variables are filled in")
-    earlier = sent_by_key(key)
-    if earlier is not None:
-        if earlier.status == ConversationMessage.Status.SENT:
-            return _result(earlier, parts=None)
-        raise SendInterrupted(
-            "interrupted while sending (the worker stopped); the message was not sent again, "
-            "since whether it reached the lead is not known"
-        )
-    message = _store(conversation, text, completion, key=key)
     try:
-        sent = send_text(conversation.integration, conversation, text)
-    except IntegrationError as exc:
-        went_out = getattr(exc, "sent", ())
-        if not went_out:
-            message.delete()  # nothing went out: as if never tried
-            raise
-        # part of a long message reached the lead: keep what did; sending it again would
-        # repeat those parts, so the action fails instead of retrying
-        _mark_sent(message, " ".join(p.text for p in went_out), went_out)
-        raise ActionFailed(f"{len(went_out)} part(s) of the message sent, then: {exc}") from exc
-    _mark_sent(message, text, sent)
-    return _result(message, parts=len(sent))
-
-
-def _result(message: ConversationMessage, *, parts: int | None) -> dict[str, Any]:
+        message, parts = send_once(conversation, text, key=key, completion=completion)
+    except NotSentAgain as exc:
+        raise ActionFailed(str(exc)) from exc
     result = {"conversation_id": message.conversation_id, "message_id": message.pk, "text": message.text[:500]}
     if parts is not None:
         result["parts"] = parts
     return result
-
-
-def _store(conversation: Conversation, text: str, completion, *, key: str = "") -> ConversationMessage:
-    return ConversationMessage.objects.create(
-        conversation=conversation,
-        direction=ConversationMessage.Direction.OUTBOUND,
-        author=ConversationMessage.Author.AGENT,
-        text=text,
-        key=key,
-        status=ConversationMessage.Status.SENDING,
-        ai_provider=completion.provider if completion else "",
-        ai_model=completion.model if completion else "",
-        input_tokens=completion.input_tokens if completion else None,
-        output_tokens=completion.output_tokens if completion else None,
-        latency_ms=completion.latency_ms if completion else None,
-    )
-
-
-def _mark_sent(message: ConversationMessage, text: str, sent) -> None:
-    message.text, message.status = text, ConversationMessage.Status.SENT
-    message.external_id = sent[0].message_id if sent else ""
-    message.processed_at = timezone.now()
-    message.save(update_fields=["text", "status", "external_id", "processed_at"])
 
 
 def task_due(action: Mapping[str, Any], ctx: ActionContext) -> datetime:
@@ -296,16 +249,20 @@ def create_task(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]
     text = ctx.render(action["text"]) or action["text"]
     due = task_due(action, ctx)
     responsible = _responsible(action, ctx)
-    task_id = ctx.crm(
+    task_id, found = ctx.crm_write(
+        "task",
+        lead_id,
+        text,
         lambda c: c.create_task(
             lead_id=lead_id,
             text=text,
             complete_till=int(due.timestamp()),
             responsible_user_id=responsible,
             task_type_id=action.get("task_type_id"),
-        )
+        ),
     )
-    return {"task_id": task_id, "due": due.isoformat(), "responsible_user_id": responsible, "text": text[:500]}
+    result = {"task_id": task_id, "due": due.isoformat(), "responsible_user_id": responsible, "text": text[:500]}
+    return {**result, "found_done": True} if found else result
 
 
 def change_stage(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
@@ -356,8 +313,9 @@ def add_note(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:
     lead_id = ctx.require_lead()
     text = ctx.render(action["text"]) or action["text"]
     ctx.own_change(["note_added"], {"note.text": [text]})
-    note_id = ctx.crm(lambda c: c.add_note(lead_id=lead_id, text=text))
-    return {"note_id": note_id, "text": text[:500]}
+    note_id, found = ctx.crm_write("note", lead_id, text, lambda c: c.add_note(lead_id=lead_id, text=text))
+    result = {"note_id": note_id, "text": text[:500]}
+    return {**result, "found_done": True} if found else result
 
 
 def start_sequence(action: Mapping[str, Any], ctx: ActionContext) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -52,7 +52,7 @@ from agents.realtime import send_event_on_commit
 from agents.schemas import parse_schedule
 from agents.services import execution_logs_insert
 from crm.models import CrmEvent
-from integrations.errors import IntegrationError, NotFound, PermanentError, RateLimited, TransientError
+from integrations.errors import IntegrationError, NotFound, PermanentError, RateLimited, TransientError, Unconfirmed
 from integrations.models import Integration
 
 from . import actions as action_types
@@ -70,11 +70,13 @@ from .engine import (
 )
 from .loops import MAX_CHAIN_DEPTH, Cause, find_cause
 from .models import ActionRun, EntityState, Trigger, TriggerFiring
-from .schemas import IDEMPOTENT_ACTIONS, KIND_EVENTS
+from .schemas import IDEMPOTENT_ACTIONS, KIND_EVENTS, VERIFIABLE_ACTIONS
 
 logger = logging.getLogger(__name__)
 
 ACTION_CLAIM_TIMEOUT = timedelta(minutes=5)
+UNCONFIRMED_KEY = "unconfirmed_since"  # in ActionRun.result: an attempt's write was not confirmed then
+VERIFY_MARGIN_SECONDS = 60  # looking for a write: from this long before it (clocks differ)
 ERROR_MAX_CHARS = 1000
 LEAD_KINDS = frozenset({"lead_added", "lead_updated", "lead_status_changed", "lead_responsible_changed"})
 CONTACT_KINDS = frozenset({"contact_added", "contact_updated"})
@@ -451,6 +453,8 @@ def _run_action(run: ActionRun, action: dict[str, Any], ctx, *, final: bool) -> 
     """Claim and do one action: ("done" | "retry" | "failed" | "busy", detail)."""
     now = timezone.now()
     ctx.action_key = f"trigger-firing-{run.firing_id}-action-{run.index}"
+    # an earlier attempt whose write was not confirmed: look for it before writing again
+    ctx.verify_since = (run.result or {}).get(UNCONFIRMED_KEY) if action["type"] in VERIFIABLE_ACTIONS else None
     if run.status == ActionRun.Status.RUNNING:
         if run.claimed_at and run.claimed_at > now - ACTION_CLAIM_TIMEOUT:
             return "busy", f"action {run.index} is being done by another worker"
@@ -458,6 +462,10 @@ def _run_action(run: ActionRun, action: dict[str, Any], ctx, *, final: bool) -> 
             # the message row tells: none — not sent, send it now; "sent" — done; "sending" —
             # unknown, and deliver() refuses to send it a second time
             pass
+        elif action["type"] in VERIFIABLE_ACTIONS:
+            # the worker died while doing it: done again only if the CRM does not have it
+            since = int((run.claimed_at or now).timestamp()) - VERIFY_MARGIN_SECONDS
+            ctx.verify_since = min(ctx.verify_since or since, since)
         elif action["type"] not in IDEMPOTENT_ACTIONS:
             reason = (
                 "interrupted: the worker stopped while doing it, and whether it reached the lead is not known; "
@@ -474,6 +482,16 @@ def _run_action(run: ActionRun, action: dict[str, Any], ctx, *, final: bool) -> 
     run.status, run.claimed_at = ActionRun.Status.RUNNING, now
     try:
         result = action_types.HANDLERS[action["type"]](action, ctx)
+    except Unconfirmed as exc:
+        if action["type"] in VERIFIABLE_ACTIONS and not final:
+            # it may exist: the next attempt looks for it before writing (from a little
+            # before this attempt, for the CRM's clock)
+            since = ctx.verify_since or int(now.timestamp()) - VERIFY_MARGIN_SECONDS
+            _set(run, status=ActionRun.Status.PENDING, error=_error(exc), result={UNCONFIRMED_KEY: since})
+            return "retry", _error(exc)
+        reason = f"not confirmed, so not done again: {_error(exc)}"
+        _set(run, status=ActionRun.Status.FAILED, error=reason[:ERROR_MAX_CHARS], finished_at=timezone.now())
+        return "failed", reason
     except (TransientError, RateLimited, IntegrationError, AIError) as exc:
         transient = isinstance(exc, TransientError | RateLimited) or (
             isinstance(exc, AIError) and not isinstance(exc, AIPermanentError)
@@ -484,6 +502,16 @@ def _run_action(run: ActionRun, action: dict[str, Any], ctx, *, final: bool) -> 
         reason = _error(exc) if not transient else f"gave up after {attempts} attempts: {_error(exc)}"
         if isinstance(exc, IntegrationError) and not isinstance(exc, PermanentError | TransientError | RateLimited):
             reason = f"the CRM or channel refused the credentials ({_error(exc)}); reconnect the integration"
+        _set(run, status=ActionRun.Status.FAILED, error=reason[:ERROR_MAX_CHARS], finished_at=timezone.now())
+        return "failed", reason
+    except DatabaseError as exc:  # the database went away or was locked: worth another try
+        if not final:
+            values: dict[str, Any] = {"status": ActionRun.Status.PENDING, "error": _error(exc)}
+            if action["type"] in VERIFIABLE_ACTIONS:  # the write may have been done before the error
+                values["result"] = {UNCONFIRMED_KEY: ctx.verify_since or int(now.timestamp()) - VERIFY_MARGIN_SECONDS}
+            _set(run, **values)
+            return "retry", _error(exc)
+        reason = f"gave up after {attempts} attempts: {_error(exc)}"
         _set(run, status=ActionRun.Status.FAILED, error=reason[:ERROR_MAX_CHARS], finished_at=timezone.now())
         return "failed", reason
     except Exception as exc:  # a bug: fail it visibly rather than retry blindly

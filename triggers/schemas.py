@@ -367,6 +367,10 @@ IDEMPOTENT_ACTIONS = {
     "create_calendar_event",  # booked under the action's key: done again, it finds its meeting
 }
 
+# action types whose CRM write can be looked for (the lead's tasks or notes, by text): an
+# attempt whose write was not confirmed, or whose worker died, is found done or done again
+VERIFIABLE_ACTIONS = {"create_task", "add_note"}
+
 
 @ACTIONS.register("send_message")
 class SendMessageAction(Schema):

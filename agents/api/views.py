@@ -7,7 +7,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from config.api import JSON_ONLY
-from integrations.errors import IntegrationError, PermanentError
+from integrations.errors import IntegrationError, PermanentError, Unconfirmed
 
 from ..conversations import team_message_send
 from ..models import Agent, Conversation, ExecutionLog
@@ -99,6 +99,7 @@ class ConversationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         request=TeamMessageSerializer,
         responses={
             201: ConversationMessageSerializer,
+            502: OpenApiResponse(description="The channel did not confirm the message: it may have reached the lead."),
             503: OpenApiResponse(description="The channel did not take the message; try again."),
         },
         description="A person from the team writes to the lead on the conversation's channel; the agent then "
@@ -117,6 +118,12 @@ class ConversationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
             message = team_message_send(conversation=conversation, text=serializer.validated_data["text"])
         except PermanentError as exc:
             raise ValidationError({"text": [str(exc)]}) from None
+        except Unconfirmed as exc:  # it may be out: say so, so that nobody sends it twice unawares
+            detail = (
+                "the channel did not confirm the message; it may have reached the lead — "
+                f"check before sending it again ({exc})"
+            )
+            return Response({"detail": detail}, status=502)
         except IntegrationError as exc:
             return Response({"detail": f"the channel did not take the message: {exc}"}, status=503)
         return Response(ConversationMessageSerializer(message).data, status=status.HTTP_201_CREATED)

@@ -260,6 +260,7 @@ class Transport:
             )
             retry_after = getattr(error, "retry_after", None)
             if not retryable or attempt == last or (retry_after or 0) > self.retry.max_delay:
+                error = http.unconfirmed_if_sent(error, not idempotent and sent)
                 integration_call_failed(vendor=self.vendor, call=what, error=error, attempts=attempt + 1)
                 raise error
             delay = self.retry.delay(attempt, retry_after)

@@ -75,3 +75,18 @@ def test_a_channel_that_refuses_the_message_is_an_error_and_nothing_changes(api,
     conversation.refresh_from_db()
     assert conversation.handoff_until is None
     assert not conversation.messages.filter(author="team").exists()
+
+
+@responses.activate
+@pytest.mark.parametrize("status, said", [(503, "did not take"), (502, "may have reached the lead")])
+def test_a_channel_failure_says_whether_the_message_may_have_gone(api, conversation, status, said):
+    # a 429 longer than the client waits was refused; a 5xx after the message left is unconfirmed
+    if status == 503:
+        responses.post(SEND, status=429, json={"ok": False, "error_code": 429, "parameters": {"retry_after": 600}})
+    else:
+        responses.post(SEND, status=500, json={"ok": False, "error_code": 500, "description": "Internal"})
+
+    response = api.post(f"/api/conversations/{conversation.id}/messages/", {"text": "Hello"}, format="json")
+
+    assert response.status_code == status and said in response.json()["detail"]
+    assert len(responses.calls) == 1

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import requests
 import responses
 from django.utils import timezone
 from django_q.models import Schedule
@@ -430,10 +431,105 @@ def test_a_long_reply_cut_off_midway_keeps_what_was_sent_and_is_not_written_agai
     assert pipeline.message_reply(message_id=message.id) == "failed"
 
     message.refresh_from_db()
-    assert "1 part(s) of the reply sent" in message.error
+    assert "1 part(s) of the message sent" in message.error
     reply = message.replies.get()
     assert reply.status == "sent" and 3000 < len(reply.text) <= 4096
     assert not Schedule.objects.filter(func="agents.tasks.reply_to_message").exists()
+
+
+def test_a_reply_the_messenger_did_not_confirm_is_not_sent_again(
+    channel, crm_api, model, django_capture_on_commit_callbacks
+):
+    """A 5xx or a timeout after the reply left: it may have reached the lead. The message
+    fails visibly instead of being answered a second time; staff can retry it."""
+    from agents.conversations import message_retry, messages_sweep
+
+    crm_api.replace(responses.POST, f"{TELEGRAM}/sendMessage", status=502, json={"ok": False, "error_code": 502})
+    message = receive(channel, "Hello")
+
+    assert pipeline.message_reply(message_id=message.id) == "failed"
+
+    message.refresh_from_db()
+    assert "did not confirm" in message.error and "not sent again" in message.error
+    reply = message.replies.get()
+    assert reply.status == "sending" and "may have reached the lead" in reply.error
+    assert not Schedule.objects.filter(func="agents.tasks.reply_to_message").exists()
+    assert messages_sweep() == 0 and pipeline.message_reply(message_id=message.id) == "not_waiting"
+    assert len(calls_to(crm_api, "/sendMessage")) == 1
+
+    crm_api.replace(
+        responses.POST,
+        f"{TELEGRAM}/sendMessage",
+        json=json.loads((CHANNEL_FIXTURES / "telegram_send_message_ok.json").read_text()),
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        assert message_retry(message=message) is True  # staff: the lead did not get it
+
+    message.refresh_from_db()
+    assert message.status == "answered" and len(calls_to(crm_api, "/sendMessage")) == 2
+    assert sorted(message.replies.values_list("status", flat=True)) == ["not_sent", "sent"]
+
+
+def test_a_reply_sent_by_an_attempt_that_died_before_recording_it_is_not_sent_again(channel, crm_api, model):
+    message = receive(channel, "Hello")
+    pipeline.message_reply(message_id=message.id)
+    # as if the worker had died after sending, before the message was marked answered
+    ConversationMessage.objects.filter(pk=message.pk).update(status="received")
+
+    assert pipeline.message_reply(message_id=message.id) == "answered"
+
+    message.refresh_from_db()
+    assert "had been sent" in message.error or message.error == ""
+    assert len(model.requests) == 1 and len(calls_to(crm_api, "/sendMessage")) == 1
+    assert message.replies.count() == 1
+
+
+@pytest.mark.parametrize("created", [True, False], ids=["it was created", "it was not"])
+def test_a_lead_creation_that_was_not_confirmed_is_looked_for_by_the_next_attempt(
+    channel, kommo, crm_api, model, created
+):
+    crm_api.replace(responses.POST, f"{CRM}/api/v4/leads/complex", body=requests.ReadTimeout("read timed out"))
+    crm_api.get(f"{CRM}/api/v4/contacts", status=204)
+    message = receive(channel, "Hi, I want solar panels")
+
+    assert pipeline.message_reply(message_id=message.id) == "received"  # tried again later
+
+    assert "not confirmed" in ConversationMessage.objects.get(pk=message.pk).error
+    assert calls_to(crm_api, "/sendMessage") == [] and Conversation.objects.get().crm_lead_id is None
+    found = {
+        "id": 18425401, "name": "Chat: Анна Петрова", "price": 0, "status_id": 1, "pipeline_id": 2,
+        "responsible_user_id": 9587231, "_embedded": {"contacts": [{"id": 21542301, "is_main": True}]},
+    }  # fmt: skip
+    other = {**found, "id": 777, "name": "Chat: Анна Петрова-Сидорова"}  # the search matches more than names
+    leads = [found, other] if created else [other]
+    crm_api.get(f"{CRM}/api/v4/leads", json={"_embedded": {"leads": leads}})
+    crm_api.replace(responses.POST, f"{CRM}/api/v4/leads/complex", json=crm_fixture("leads_complex"))
+
+    assert pipeline.message_reply(message_id=message.id) == "answered"
+
+    (search,) = calls_to(crm_api, "/api/v4/leads", "GET")
+    assert "query=Chat" in search.request.url and "filter%5Bcreated_at%5D%5Bfrom%5D=" in search.request.url
+    assert len(calls_to(crm_api, "/leads/complex")) == (1 if created else 2)
+    conversation = Conversation.objects.get()
+    assert (conversation.crm_lead_id, conversation.crm_contact_id) == (18425401, 21542301)
+
+
+def test_a_hand_off_task_that_was_not_confirmed_is_not_made_twice_and_the_reply_goes_once(
+    channel, kommo, crm_api, model
+):
+    crm_api.replace(responses.POST, f"{CRM}/api/v4/tasks", status=503)
+    first = receive(channel, "Can I talk to a manager please?", n=1)
+    link_to_lead(first)
+
+    assert pipeline.message_reply(message_id=first.id) == "received"  # nothing sent yet: tried again
+    assert calls_to(crm_api, "/sendMessage") == []
+
+    crm_api.get(f"{CRM}/api/v4/tasks", json={"_embedded": {"tasks": [
+        {"id": 5, "text": "The lead asked for a person in the chat: “Can I talk to a manager please?”"}]}})  # fmt: skip
+    assert pipeline.message_reply(message_id=first.id) == "answered"
+
+    assert len(calls_to(crm_api, "/api/v4/tasks")) == 1 and len(calls_to(crm_api, "/api/v4/tasks", "GET")) == 1
+    assert len(calls_to(crm_api, "/sendMessage")) == 1
 
 
 def outgoing_event(kommo, author_type: str = "internal"):

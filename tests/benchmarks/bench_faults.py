@@ -266,6 +266,16 @@ class Handler(JsonHandler):
             contact = int(match[1])
             data = {"id": contact, "name": f"Contact {contact}", "custom_fields_values": None, "_embedded": {}}
             return self._respond("Kommo", ("get contact", account, contact), False, lambda _: (200, data))
+        if method == "GET" and rest == "leads":  # find_leads: how a retry finds a lead it created
+            wanted = (query.get("query") or [""])[0]
+            since = int((query.get("filter[created_at][from]") or ["0"])[0])
+            leads = [
+                {**lead_json(i), "name": name, "_embedded": {"contacts": [{"id": i + 1, "is_main": True}]}}
+                for i, name, _ in server.listed("lead", account, 0, since)
+                if wanted in name
+            ]
+            data = {"_embedded": {"leads": leads}}
+            return self._respond("Kommo", ("find leads", account, wanted), False, lambda _: (200, data))
         if method == "GET" and rest == "contacts":
             empty = {"_embedded": {"contacts": []}}
             return self._respond("Kommo", ("find contacts", account, str(query)), False, lambda _: (200, empty))
@@ -314,7 +324,7 @@ class Handler(JsonHandler):
             identity = ("create lead", account, str(body[0].get("name")))
 
             def create(answer: str) -> tuple[int, dict]:
-                lead_id = server.apply(identity, answer)
+                lead_id = server.apply(identity, answer, ("lead", account, 0, identity[2]))
                 return 200, [{"id": lead_id, "contact_id": lead_id + 1, "merged": False}]
 
             return self._respond("Kommo", identity, True, create)
@@ -974,7 +984,7 @@ def verdict(args, server: FaultyVendors, world: dict) -> dict:
         problems.append(
             f"{event_status['pending']} events still pending: {len(never)} never tried, {len(waiting)} with a retry "
             f"scheduled or queued, {len(unscheduled)} tried and failed with NO retry scheduled or queued (e.g. "
-            f"{unscheduled[:5]}; crm.dispatch.events_sweep re-queues those only after SWEEP_RETRIES_AFTER, 3 h)"
+            f"{unscheduled[:5]}; crm.dispatch.events_sweep re-queues those SWEEP_AFTER after their retry_at)"
         )
     if unexplained:
         problems.append(f"{unexplained} events failed without a reason")
@@ -1061,7 +1071,10 @@ def verdict(args, server: FaultyVendors, world: dict) -> dict:
         problems.append(f"{inbound.count()} inbound messages stored, {args.messages} sent")
     if message_status.get("received") or message_status.get("processing"):
         problems.append(f"inbound messages left open: {message_status}")
-    replies = ConversationMessage.objects.filter(direction="out", reply_to__isnull=False).select_related("conversation")
+    # a reply left "sending" was not confirmed by the messenger: it may or may not be out
+    replies = ConversationMessage.objects.filter(
+        direction="out", reply_to__isnull=False, status="sent"
+    ).select_related("conversation")
     for reply in replies:
         if (int(reply.conversation.chat_id), reply.text) not in sent:
             lost.append(f"reply {reply.pk} in chat {reply.conversation.chat_id}")

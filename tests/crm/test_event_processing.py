@@ -154,6 +154,24 @@ def test_a_transient_failure_is_retried_later_with_only_the_handler_that_failed(
     assert not retries.exists()
 
 
+def test_the_retry_time_is_written_with_the_attempt_and_a_database_failure_is_retried(handlers, events):
+    """A handler that hit the database while it was down or locked is tried again, like a
+    transient CRM failure; the event's retry_at lets the sweeper find it if the retry's
+    schedule is lost."""
+    from django.db import OperationalError
+
+    one = events[0]
+    handlers.plan["first"] = [OperationalError("database is locked")]
+    before = timezone.now()
+
+    assert process_events([one.id]) == {"done": 0, "failed": 0, "retrying": 1}
+
+    one_now = reload(events)[0]
+    assert (one_now.status, one_now.attempts) == ("pending", 1) and "database is locked" in one_now.error
+    assert timedelta(seconds=29) < one_now.retry_at - before < timedelta(seconds=35)
+    assert abs(retries.get().next_run - one_now.retry_at) < timedelta(seconds=2)
+
+
 def test_retries_back_off(handlers, events):
     event = events[0]
     handlers.plan["first"] = [TransientError("timeout")] * 3

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import requests
 import responses
 
 from agents.ai import Completion
@@ -20,6 +21,7 @@ from triggers import actions
 CRM = "https://acme.kommo.com"
 TELEGRAM = "https://api.telegram.org/bot123456:ABC-def"
 FIXTURES = Path(__file__).resolve().parents[1]
+SENT_OK = json.loads((FIXTURES / "integrations/channels/fixtures/telegram_send_message_ok.json").read_text())
 LEAD = 23416597
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)  # a Tuesday
 
@@ -70,7 +72,6 @@ def chat(agent, telegram, clock):
 
 @pytest.fixture
 def vendors():
-    sent = json.loads((FIXTURES / "integrations/channels/fixtures/telegram_send_message_ok.json").read_text())
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.patch(f"{CRM}/api/v4/leads/{LEAD}", json={"id": LEAD})
         mock.get(
@@ -79,7 +80,7 @@ def vendors():
         )
         mock.post(f"{CRM}/api/v4/tasks", json={"_embedded": {"tasks": [{"id": 9001}]}})
         mock.post(f"{CRM}/api/v4/leads/{LEAD}/notes", json={"_embedded": {"notes": [{"id": 7001}]}})
-        mock.post(f"{TELEGRAM}/sendMessage", json=sent)
+        mock.post(f"{TELEGRAM}/sendMessage", json=SENT_OK)
         yield mock
 
 
@@ -294,13 +295,14 @@ def test_a_transient_failure_retries_with_backoff_then_fails_visibly_and_can_be_
 ):
     sequence = make_sequence(agent, trigger_config={}, steps=[{"type": "create_task", "text": "Call"}])
     vendors.replace(responses.POST, f"{CRM}/api/v4/tasks", status=503)
+    vendors.get(f"{CRM}/api/v4/tasks", status=204)  # each retry looks for the task first: none
     run = start(sequence)
     step = first_step(run)
 
     step_run(step.pk)
     step.refresh_from_db()
     assert (step.status, step.attempts, step.due_at) == ("scheduled", 1, T0 + timedelta(seconds=30))
-    assert "503" in step.error
+    assert "503" in step.error and "not confirmed" in step.error
     for _ in range(2, runner.MAX_ATTEMPTS + 1):
         clock.now = SequenceStep.objects.get(pk=step.pk).due_at
         dispatch_due()
@@ -318,6 +320,49 @@ def test_a_transient_failure_retries_with_backoff_then_fails_visibly_and_can_be_
     step_run(step.pk)  # the queued retry
     run.refresh_from_db()
     assert run.status == "done" and steps_of(run) == [("create_task", "done")]
+
+
+def test_a_task_whose_creation_was_not_confirmed_is_found_by_the_retry_not_made_twice(agent, kommo, vendors, clock):
+    sequence = make_sequence(agent, trigger_config={}, steps=[{"type": "create_task", "text": "Call"}])
+    vendors.replace(responses.POST, f"{CRM}/api/v4/tasks", body=requests.ReadTimeout("read timed out"))
+    run = start(sequence)
+    step = first_step(run)
+
+    step_run(step.pk)
+
+    step.refresh_from_db()
+    assert step.status == "scheduled" and step.output["unconfirmed_since"] == int(T0.timestamp()) - 60
+    vendors.get(f"{CRM}/api/v4/tasks", json={"_embedded": {"tasks": [{"id": 4242, "text": "Call"}]}})
+    clock.now = step.due_at
+    dispatch_due()
+
+    run.refresh_from_db()
+    step.refresh_from_db()
+    assert run.status == "done" and step.output["task_id"] == 4242 and step.output["found_done"] is True
+    assert len(calls(vendors, "/api/v4/tasks")) == 1  # the POST that timed out, never repeated
+    (look,) = calls(vendors, "/api/v4/tasks", "GET")
+    assert f"filter%5Bupdated_at%5D%5Bfrom%5D={int(T0.timestamp()) - 60}" in look.request.url
+
+
+def test_a_message_the_messenger_did_not_confirm_is_not_sent_again(agent, kommo, chat, vendors, clock):
+    sequence = make_sequence(agent, trigger_config={}, steps=[{"type": "send_message", "text": "Hi"}])
+    vendors.replace(responses.POST, f"{TELEGRAM}/sendMessage", status=502, json={"ok": False})
+    run = start(sequence)
+
+    step_run(first_step(run).pk)
+
+    run.refresh_from_db()
+    assert run.status == "failed" and "did not confirm" in run.error and "not sent again" in run.error
+    message = ConversationMessage.objects.get(direction="out")
+    assert message.status == "sending" and "may have reached the lead" in message.error
+    assert len(calls(vendors, "/sendMessage")) == 1
+
+    vendors.replace(responses.POST, f"{TELEGRAM}/sendMessage", json=SENT_OK)
+    assert runner.run_retry(run) is True  # staff checked: the lead did not get it
+    step_run(first_step(run).pk)
+
+    run.refresh_from_db()
+    assert run.status == "done" and len(calls(vendors, "/sendMessage")) == 2
 
 
 def test_a_permanent_failure_fails_the_run_with_the_reason(agent, kommo, vendors, clock):

@@ -3,9 +3,11 @@ each done at most once, loops stopped, everything explained in the execution log
 from __future__ import annotations
 
 import json
+import time
 from urllib.parse import urlencode
 
 import pytest
+import requests
 import responses
 
 from agents.models import ExecutionLog, LiveEvent
@@ -224,7 +226,8 @@ def _age_claims(minutes: int = 10):
     ActionRun.objects.update(claimed_at=timezone.now() - timedelta(minutes=minutes))
 
 
-def test_an_interrupted_message_or_task_is_not_repeated(agent, kommo, crm_api, monkeypatch):
+@pytest.mark.parametrize("made", [True, False], ids=["the task was made", "it was not"])
+def test_an_interrupted_task_is_looked_for_in_the_crm_and_made_at_most_once(agent, kommo, crm_api, monkeypatch, made):
     from triggers import actions
 
     make_trigger(
@@ -244,14 +247,52 @@ def test_an_interrupted_message_or_task_is_not_repeated(agent, kommo, crm_api, m
     _age_claims()
     # the claim is stale now; the dispatcher's schedule runs the handler again
     CrmEvent.objects.filter(pk=event_id).update(status="pending")
+    tasks = [{"id": 9001, "text": "Call"}] if made else []
+    crm_api.get(f"{CRM}/api/v4/tasks", json={"_embedded": {"tasks": tasks}})
     process_events([event_id])
 
-    assert len(calls(crm_api, "/api/v4/tasks")) == 1  # not a second time
+    assert len(calls(crm_api, "/api/v4/tasks")) == (1 if made else 2)
+    assert len(calls(crm_api, "/api/v4/tasks", "GET")) == 1
     first, second = ActionRun.objects.order_by("index")
-    assert first.status == "failed" and "not done again" in first.error
+    assert first.status == "done" and first.result.get("found_done", False) is made
+    assert second.status == "done" and len(calls(crm_api, "/notes")) == 1
+    assert TriggerFiring.objects.get().status == "done"
+
+
+def test_an_interrupted_message_is_not_sent_again(agent, kommo, crm_api, monkeypatch):
+    from agents import channels
+    from agents.models import Conversation
+
+    telegram = make_integration(agent, integration_type="telegram", credentials={"bot_token": "123456:ABC-def"})
+    Conversation.objects.create(agent=agent, integration=telegram, chat_id="42", crm_lead_id=LEAD)
+    make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[],
+        actions=[{"type": "send_message", "text": "Hi"}, {"type": "add_note", "text": "after"}],
+    )
+    sent = {"ok": True, "result": {"message_id": 77, "chat": {"id": 42, "type": "private"}, "date": 1, "text": "Hi"}}
+    crm_api.post("https://api.telegram.org/bot123456:ABC-def/sendMessage", json=sent)
+    (event_id,) = deliver(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+    monkeypatch.setattr(channels, "mark_sent", _die)  # sent, never marked sent
+    with pytest.raises(WorkerKilled):
+        process_events([event_id])
+    monkeypatch.undo()
+    _age_claims()
+    CrmEvent.objects.filter(pk=event_id).update(status="pending")
+
+    process_events([event_id])
+
+    assert len(calls(crm_api, "/sendMessage")) == 1  # not a second time
+    first, second = ActionRun.objects.order_by("index")
+    assert first.status == "failed" and "not sent again" in first.error
     assert second.status == "not_run" and calls(crm_api, "/notes") == []
     assert TriggerFiring.objects.get().status == "failed"
     assert ExecutionLog.objects.get(kind="trigger").status == "failed"
+
+
+def _die(*args, **kwargs):
+    raise WorkerKilled
 
 
 def test_an_interrupted_stage_change_is_done_again(agent, kommo, crm_api, monkeypatch):
@@ -285,19 +326,20 @@ def test_a_transient_failure_is_retried_later_and_done_once(agent, kommo, crm_ap
         agent,
         event="lead_status_changed",
         conditions=[],
-        actions=[{"type": "add_note", "text": "first"}, {"type": "create_task", "text": "Call"}],
+        actions=[{"type": "add_note", "text": "first"}, {"type": "change_stage", "pipeline_id": 1, "status_id": 2}],
     )
-    crm_api.replace(responses.POST, f"{CRM}/api/v4/tasks", status=503)
+    # refused for longer than the client waits: tried again by the event's retry
+    crm_api.replace(responses.PATCH, f"{CRM}/api/v4/leads/{LEAD}", status=429, headers={"Retry-After": "60"})
     (event_id,) = run(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
 
     firing = TriggerFiring.objects.get()
-    assert firing.status == "retrying" and "503" in firing.error
+    assert firing.status == "retrying" and "429" in firing.error
     assert [r.status for r in ActionRun.objects.order_by("index")] == ["done", "pending"]
     assert CrmEvent.objects.get(pk=event_id).status == "pending"
     assert ExecutionLog.objects.get(kind="trigger").status == "retrying"
     (retry,) = Schedule.objects.filter(func="crm.tasks.process_events")
 
-    crm_api.replace(responses.POST, f"{CRM}/api/v4/tasks", json={"_embedded": {"tasks": [{"id": 1}]}})
+    crm_api.replace(responses.PATCH, f"{CRM}/api/v4/leads/{LEAD}", json={"id": LEAD})
     run_schedule(retry)
 
     assert len(calls(crm_api, "/notes")) == 1  # the done note is not repeated
@@ -306,6 +348,41 @@ def test_a_transient_failure_is_retried_later_and_done_once(agent, kommo, crm_ap
     assert CrmEvent.objects.get(pk=event_id).status == "done"
     log = ExecutionLog.objects.get(kind="trigger")
     assert log.status == "success" and log.detail["actions"][1]["attempts"] == 2
+
+
+@pytest.mark.parametrize("failure", [{"status": 503}, {"body": requests.ReadTimeout("read timed out")}])
+@pytest.mark.parametrize("made", [True, False], ids=["the task was made", "it was not"])
+def test_a_task_whose_creation_was_not_confirmed_is_looked_for_before_it_is_made_again(
+    agent, kommo, crm_api, failure, made
+):
+    """A timeout or a 5xx after the POST left: the task may exist. The retry looks at the
+    lead's tasks first, and creates it only when it is not there."""
+    from django_q.models import Schedule
+
+    from tests.crm.webhook_helpers import run_schedule
+
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=[{"type": "create_task", "text": "Call"}])
+    crm_api.replace(responses.POST, f"{CRM}/api/v4/tasks", **failure)
+    (event_id,) = run(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+
+    action = ActionRun.objects.get()
+    assert action.status == "pending" and "not confirmed" in action.error
+    assert action.result["unconfirmed_since"] <= int(time.time()) - 59
+    assert len(calls(crm_api, "/api/v4/tasks")) == 1  # not repeated at once
+    (retry,) = Schedule.objects.filter(func="crm.tasks.process_events")
+
+    tasks = [{"id": 4242, "text": "Call"}] if made else [{"id": 1, "text": "Another task"}]
+    crm_api.get(f"{CRM}/api/v4/tasks", json={"_embedded": {"tasks": tasks}})
+    crm_api.replace(responses.POST, f"{CRM}/api/v4/tasks", json={"_embedded": {"tasks": [{"id": 9001}]}})
+    run_schedule(retry)
+
+    (look,) = calls(crm_api, "/api/v4/tasks", "GET")
+    assert f"filter%5Bentity_id%5D%5B%5D={LEAD}" in look.request.url
+    assert len(calls(crm_api, "/api/v4/tasks")) == (1 if made else 2)
+    action.refresh_from_db()
+    assert action.status == "done" and action.result["task_id"] == (4242 if made else 9001)
+    assert action.result.get("found_done", False) is made
+    assert CrmEvent.objects.get(pk=event_id).status == "done"
 
 
 def test_a_transient_failure_on_the_last_attempt_fails_visibly(agent, kommo, crm_api):
@@ -319,7 +396,7 @@ def test_a_transient_failure_on_the_last_attempt_fails_visibly(agent, kommo, crm
     process_events([event_id])
 
     run_ = ActionRun.objects.get()
-    assert run_.status == "failed" and "gave up after" in run_.error
+    assert run_.status == "failed" and "not confirmed, so not done again" in run_.error
     assert TriggerFiring.objects.get().status == "failed"
     assert ExecutionLog.objects.get(kind="trigger").status == "failed"
 

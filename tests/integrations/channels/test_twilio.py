@@ -26,7 +26,7 @@ from integrations.channels.twilio import (
     parse_inbound,
     parse_status,
 )
-from integrations.errors import AuthError, PermanentError, RateLimited, TransientError
+from integrations.errors import AuthError, PermanentError, RateLimited, Unconfirmed
 
 from .conftest import assert_secret_free, fixture_bytes, fixture_form, fixture_json
 
@@ -287,8 +287,8 @@ def test_each_message_waits_for_the_senders_rate_limit(api, monkeypatch):
         (400, twilio_error(21610, "Attempt to send to unsubscribed recipient", 400), PermanentError),
         (400, twilio_error(63016, "Failed to send freeform message outside the allowed window", 400),
          OutsideCustomerWindow),
-        (500, twilio_error(20500, "Internal Server Error", 500), TransientError),
-        (503, None, TransientError),
+        (500, twilio_error(20500, "Internal Server Error", 500), Unconfirmed),
+        (503, None, Unconfirmed),
     ],
     ids=["20003", "21211", "21610", "63016", "500", "503-html"],
 )  # fmt: skip

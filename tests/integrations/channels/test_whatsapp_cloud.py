@@ -24,7 +24,7 @@ from integrations.channels.whatsapp_cloud import (
     verify_subscription,
     within_customer_window,
 )
-from integrations.errors import AuthError, PermanentError, RateLimited, TransientError
+from integrations.errors import AuthError, PermanentError, RateLimited, Unconfirmed
 
 from .conftest import assert_secret_free, fixture_bytes, fixture_json
 
@@ -315,9 +315,9 @@ def test_a_rate_limit_that_clears_lets_the_message_through(api, client, sleeps):
 @pytest.mark.parametrize(
     ("status", "body", "raised"),
     [
-        (500, graph_error(131000, "Something went wrong"), TransientError),
-        (503, {"error": {"message": "Service temporarily unavailable", "code": 2}}, TransientError),
-        (502, None, TransientError),
+        (500, graph_error(131000, "Something went wrong"), Unconfirmed),
+        (503, {"error": {"message": "Service temporarily unavailable", "code": 2}}, Unconfirmed),
+        (502, None, Unconfirmed),
         (403, graph_error(10, "Permission denied"), AuthError),
         (400, graph_error(100, "Invalid parameter", "Parameter 'to' is invalid"), PermanentError),
         (400, graph_error(131026, "Message undeliverable"), PermanentError),
