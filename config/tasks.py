@@ -1,9 +1,13 @@
 """Queueing django-q2 tasks together with the rows they work on."""
 from __future__ import annotations
 
+import logging
+
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django_q.conf import Conf
 from django_q.tasks import async_task
+
+logger = logging.getLogger(__name__)
 
 
 def queues_in_database(using: str = DEFAULT_DB_ALIAS) -> bool:
@@ -27,3 +31,16 @@ def enqueue_with_transaction(func: str, *args, using: str = DEFAULT_DB_ALIAS, **
         async_task(func, *args, **kwargs)
     else:
         transaction.on_commit(lambda: async_task(func, *args, **kwargs), using=using)
+
+
+def task_queue_size() -> int | None:
+    """How many tasks django-q2's queue holds (on the ORM broker, those being run too), or
+    None when the broker cannot tell (Redis down). Tasks are taken oldest first: callers
+    use it to tell "still waiting in a backlog" from "its task was lost"."""
+    from django_q.brokers import get_broker
+
+    try:
+        return get_broker().queue_size()
+    except Exception:
+        logger.warning("tasks.queue_size_unknown", exc_info=True)
+        return None

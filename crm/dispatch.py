@@ -225,11 +225,9 @@ def events_sweep(*, now=None) -> int:
 
 
 def _task_queue_busy() -> bool:
-    """Whether django-q2's queue holds tasks (the events of a backlog wait in it)."""
-    from django_q.brokers import get_broker
+    """Whether django-q2's queue holds tasks (the events of a backlog wait in it); when the
+    broker cannot tell, assume it does (sweep less rather than twice)."""
+    from config.tasks import task_queue_size
 
-    try:
-        return get_broker().queue_size() > 0
-    except Exception:  # the broker cannot tell (Redis down): assume a backlog, sweep less
-        logger.warning("crm.events.sweep_queue_unknown", exc_info=True)
-        return True
+    size = task_queue_size()
+    return size is None or size > 0

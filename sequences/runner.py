@@ -649,20 +649,31 @@ def dispatch_due(*, now: datetime | None = None, limit: int = 500) -> int:
     """Hand the steps that have come due to the task queue (each once), and recover
     steps stuck "running" past STEP_TIMEOUT. Returns how many were queued.
 
-    A step is handed over again only when its task looks lost: queued longer ago than
-    SEQUENCE_REQUEUE_SECONDS and still not started. For that to mean lost and not merely
-    "behind a long queue", the queue is kept short: at most SEQUENCE_QUEUED_MAX steps
-    queued and not started; the rest of a herd waits here, oldest due first."""
+    At most SEQUENCE_QUEUED_MAX steps wait in the queue, handed over and not started; the
+    rest of a herd waits here, oldest due first. A step is handed over again only when its
+    task looks lost: queued longer ago than SEQUENCE_REQUEUE_SECONDS, still not started,
+    and the queue holds fewer tasks than the steps waiting for one (so some have none). A
+    queue that is merely slow to drain is left alone."""
     now = now or timezone.now()
     recovered = recover_stuck(now=now)
-    waiting = SequenceStep.objects.filter(status__in=CLAIMABLE, queued_at__gte=now - requeue_after()).count()
-    limit = min(limit, queued_max() - waiting)
+    handed = SequenceStep.objects.filter(status__in=CLAIMABLE, queued_at__isnull=False)
+    waiting = handed.count()
+    stale: list[int] = []
+    old = handed.filter(queued_at__lt=now - requeue_after())
+    if waiting and old.exists():
+        from config.tasks import task_queue_size
+
+        size = task_queue_size()
+        lost = 0 if size is None else waiting - size  # the queue holds other tasks too: at most this many
+        if lost > 0:  # the longest queued: tasks are taken oldest first, so theirs are the ones gone
+            stale = list(old.order_by("queued_at").values_list("id", flat=True)[:lost])
+    limit = min(limit, queued_max() - waiting + len(stale))
     if limit <= 0:
         return 0
     due_steps = (
         SequenceStep.objects.filter(status__in=CLAIMABLE, due_at__lte=now, run__status__in=LIVE_RUN)
-        .filter(Q(queued_at__isnull=True) | Q(queued_at__lt=now - requeue_after()))
-        .order_by("due_at")
+        .filter(Q(queued_at__isnull=True) | Q(pk__in=stale))
+        .order_by(F("queued_at").asc(nulls_last=True), "due_at")  # a lost one first, then the oldest due
     )
     if not due_steps.exists():  # the usual case: no write transaction (SQLite takes its lock for one)
         if recovered:

@@ -1201,10 +1201,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep-after", type=int, default=600, help="an event not tried counts as lost after, s (600)")
     parser.add_argument("--q-timeout", type=int, default=60, help="Q_TIMEOUT; a dead worker's task returns +60 s (60)")
     parser.add_argument("--log-level", default="INFO", help="the worker's LOG_LEVEL (INFO)")
-    parser.add_argument("--timeout", type=float, default=1200, help="seconds to wait for everything to end (1200)")
-    parser.add_argument("--stall", type=float, default=420, help="stop waiting when nothing changed this long (420)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for everything to end (1800)")
+    parser.add_argument(
+        "--stall", type=float, default=None,
+        help="stop waiting when nothing changed this long (default: --sweep-after + 120, longer than any recovery)",
+    )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the database and the logs")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.stall is None:  # a lost event is swept SWEEP_AFTER after it was due, on a minute schedule
+        args.stall = args.sweep_after + 120
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -715,3 +715,28 @@ def test_a_herd_waits_in_the_database_and_only_a_lost_task_is_handed_over_again(
     clock.advance(seconds=100)  # two of the first three, queued 130 s ago and never started, are lost
     assert dispatch_due() == 2 and queued[-2:] == by_due[1:3]  # handed over again; the fifth still waits
     assert dispatch_due() == 0 and by_due[4] not in queued
+
+
+def test_a_queue_that_is_slow_to_drain_is_not_handed_the_same_steps_again(agent, kommo, clock, settings, monkeypatch):
+    """Steps queued long ago are lost only if the queue holds fewer tasks than steps that
+    wait for one; behind a slow queue (a herd on a slow database) they are left alone."""
+    from config import tasks
+
+    settings.SEQUENCE_QUEUED_MAX = 3
+    settings.SEQUENCE_REQUEUE_SECONDS = 120
+    queued: list[int] = []
+    monkeypatch.setattr(runner, "async_task", lambda name, step_id, **kwargs: queued.append(step_id))
+    in_queue = {"size": 0}
+    monkeypatch.setattr(tasks, "task_queue_size", lambda: in_queue["size"])
+    sequence = make_sequence(agent, trigger_config={}, steps=[{"type": "delay", "hours": 1}])
+    runs = [start(sequence, lead_id=LEAD + n) for n in range(4)]
+    queued.clear()
+    SequenceStep.objects.update(queued_at=None, due_at=T0 - timedelta(minutes=1))
+
+    assert dispatch_due() == 3
+    in_queue["size"] = 3  # their three tasks still wait in the queue
+    clock.advance(minutes=10)
+    assert dispatch_due() == 0  # slow, not lost: nothing handed twice, the fourth waits here
+    in_queue["size"] = 2  # one task is gone (the oldest queued first)
+    assert dispatch_due() == 1 and len(queued) == 4 and len(set(queued)) == 3
+    assert first_step(runs[3]).queued_at is None
