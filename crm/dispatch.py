@@ -1,6 +1,7 @@
 """Processing of stored CRM events: each event goes to every function listed in
 settings.CRM_EVENT_HANDLERS, in order (the way MIDDLEWARE lists middleware), so the CRM
-adapter imports none of the apps that consume its events.
+adapter imports none of the apps that consume its events. New events reach it in batches
+taken by a drain (crm/drain.py); retries and the admin's "process again" name theirs.
 
 Outcomes, per event:
 
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from functools import lru_cache
+from typing import TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -40,11 +42,13 @@ from agents.services import execution_log_write
 from integrations.errors import RateLimited, TransientError
 from integrations.models import Integration
 
+from .drain import CLAIM_RENEW_SECONDS, claims_renew, drain_kick
 from .models import CrmEvent
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[CrmEvent], None]
+T = TypeVar("T")
 
 PROCESS_TASK = "crm.tasks.process_events"
 MAX_ATTEMPTS = 5
@@ -74,11 +78,14 @@ def _reason(path: str, exc: BaseException) -> str:
     return f"{path}: {type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]
 
 
-def events_process(*, event_ids: Sequence[int], pending_handlers: Mapping[int, Iterable[str]] | None = None) -> dict:
+def events_process(
+    *, event_ids: Sequence[int], pending_handlers: Mapping[int, Iterable[str]] | None = None, claimed: bool = False
+) -> dict:
     """Run the handlers on each still-pending event of ``event_ids``, in id order.
 
     ``pending_handlers`` ({event id: handler paths}) limits a retry to the handlers that
-    failed transiently; without it every handler runs.
+    failed transiently; without it every handler runs. ``claimed``: a drain claimed the
+    events (crm/drain.py), and its claim on those not yet run is renewed while it works.
     """
     handlers = event_handlers()
     events = list(CrmEvent.objects.filter(id__in=event_ids, status=CrmEvent.Status.PENDING).order_by("id"))
@@ -87,8 +94,15 @@ def events_process(*, event_ids: Sequence[int], pending_handlers: Mapping[int, I
     counts = {"done": 0, "failed": 0, "retrying": 0}
     retries: dict[int, list[str]] = {}
     retry_at = 0.0
+    renewed = time.monotonic()
+    batch = Batch(events)
     for event in events:
         event.integration = integrations[event.integration_id]
+        event.batch = batch
+    for position, event in enumerate(events):
+        if claimed and time.monotonic() - renewed >= CLAIM_RENEW_SECONDS:
+            claims_renew([later.id for later in events[position:]])
+            renewed = time.monotonic()
         only = set(pending_handlers[event.id]) if pending_handlers and event.id in pending_handlers else None
         outcome, transient, retry_after = _run_handlers(event, handlers, only)
         counts[outcome] += 1
@@ -104,6 +118,32 @@ def events_process(*, event_ids: Sequence[int], pending_handlers: Mapping[int, I
         )
     logger.info("crm.events.processed", extra={"events": len(events), **counts})
     return counts
+
+
+class Batch:
+    """The events processed together (a drain's batch, a retry's). A handler that reads
+    the same kind of rows for each event reads them once for all: ``batch_load``."""
+
+    __slots__ = ("events", "loaded")
+
+    def __init__(self, events: list[CrmEvent]) -> None:
+        self.events = events
+        self.loaded: dict[str, object] = {}
+
+
+def batch_load(event: CrmEvent, key: str, load: Callable[[list[CrmEvent]], T]) -> T | None:
+    """``load(events)`` for the batch ``event`` is processed in, called once per batch and
+    ``key``; None for an event handled outside a batch (the caller reads for it alone).
+
+    Only for rows the batch's own handling does not change (definitions, agents), or that
+    only this event's handling changes (its firings): the values are those at the batch's
+    first use."""
+    batch = getattr(event, "batch", None)
+    if batch is None:
+        return None
+    if key not in batch.loaded:
+        batch.loaded[key] = load(batch.events)
+    return batch.loaded[key]
 
 
 def _run_handlers(
@@ -177,41 +217,29 @@ def _run_handlers(
 
 SWEEP_AFTER = timedelta(minutes=10)
 SWEEP_RETRIES_AFTER = timedelta(hours=3)  # events from before retry_at: longer than any retry delay
-SWEEP_FRONTIER_LAG = timedelta(minutes=1)  # tasks taken just before the newest one may still run
 SWEEP_BATCH = 200
 
 
 def events_sweep(*, now=None) -> int:
-    """Queue events whose processing was lost (a task that died outside the handlers, a
-    worker or database outage); run every few minutes by a django-q2 schedule:
+    """Pick up events whose processing was lost; run every few minutes by a django-q2
+    schedule (the worker's dispatcher thread catches most of them within seconds already,
+    crm/drain.py; this is the net under it, and under a worker run without it):
 
-    * never tried, received SWEEP_AFTER ago, and not just waiting their turn: the task
-      queue is empty, or events received over SWEEP_FRONTIER_LAG after them have been
-      taken up (tasks are taken oldest first, so theirs is gone). A long backlog is
-      left to drain instead of being queued a second time;
-    * retrying, with ``retry_at`` SWEEP_AFTER overdue (the retry's schedule was lost)."""
+    * never tried, waiting SWEEP_AFTER: a drain is queued, unless one queued less than
+      SWEEP_AFTER ago still waits for its turn (a backlog in the task queue);
+    * retrying, with ``retry_at`` SWEEP_AFTER overdue (the retry's schedule was lost):
+      queued by id, with every handler.
+
+    Returns how many retrying events were queued, plus one for a drain queued."""
     from django.db.models import Q
     from django_q.tasks import async_task
 
     now = now or timezone.now()
-    never_tried = Q(attempts=0, received_at__lt=now - SWEEP_AFTER)
-    if _task_queue_busy():
-        frontier = (
-            CrmEvent.objects.exclude(status=CrmEvent.Status.PENDING, attempts=0)
-            .order_by("-id")
-            .values_list("id", "received_at")
-            .first()
-        )
-        if frontier is None:
-            never_tried = Q(pk__in=[])
-        else:
-            never_tried &= Q(id__lt=frontier[0], received_at__lt=frontier[1] - SWEEP_FRONTIER_LAG)
+    drained = drain_kick(now=now, waited=SWEEP_AFTER, stale=SWEEP_AFTER)
     stuck = (
-        CrmEvent.objects.filter(status=CrmEvent.Status.PENDING)
+        CrmEvent.objects.filter(status=CrmEvent.Status.PENDING, attempts__gt=0)
         .filter(
-            never_tried
-            | Q(attempts__gt=0, retry_at__lt=now - SWEEP_AFTER)
-            | Q(attempts__gt=0, retry_at__isnull=True, received_at__lt=now - SWEEP_RETRIES_AFTER)
+            Q(retry_at__lt=now - SWEEP_AFTER) | Q(retry_at__isnull=True, received_at__lt=now - SWEEP_RETRIES_AFTER)
         )
         .order_by("id")
         .values_list("id", flat=True)
@@ -219,15 +247,6 @@ def events_sweep(*, now=None) -> int:
     ids = list(stuck[:5000])
     for start in range(0, len(ids), SWEEP_BATCH):
         async_task(PROCESS_TASK, ids[start : start + SWEEP_BATCH], save=False)
-    if ids:
-        logger.warning("crm.events.swept", extra={"events": len(ids)})
-    return len(ids)
-
-
-def _task_queue_busy() -> bool:
-    """Whether django-q2's queue holds tasks (the events of a backlog wait in it); when the
-    broker cannot tell, assume it does (sweep less rather than twice)."""
-    from config.tasks import task_queue_size
-
-    size = task_queue_size()
-    return size is None or size > 0
+    if ids or drained:
+        logger.warning("crm.events.swept", extra={"events": len(ids), "drain_queued": drained})
+    return len(ids) + int(drained)

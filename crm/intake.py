@@ -1,12 +1,13 @@
 """Webhook intake: find the integration a delivery is for, store its changes as CRM
-events once, and queue their processing. No CRM or AI call happens here: this runs
+events once, and queue a drain of them unless one is waiting (crm/drain.py). No CRM or AI call happens here: this runs
 inside the webhook request, the hottest path of the product.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +25,8 @@ from config.logging import QUEUED_IN_STATEMENT
 from config.tasks import enqueue_with_transaction, queues_in_database
 from integrations.models import Integration
 
-from .dispatch import PROCESS_TASK
-from .models import CrmEvent
+from .drain import DRAIN_ROW, DRAIN_TASK
+from .models import CrmEvent, EventDrain
 from .webhooks import Change, WebhookParseError, parse_delivery
 
 logger = logging.getLogger(__name__)
@@ -203,13 +204,13 @@ def _webhook_target_query(key: str) -> WebhookTarget | None:
 
 
 def delivery_store(*, integration_id: int, changes: Sequence[Change]) -> StoredDelivery:
-    """Store each change not stored before as a pending CRM event and queue one task
-    that processes the new ones, all or nothing.
+    """Store each change not stored before as a pending CRM event and, when some were new
+    and no drain is waiting, queue one (crm/drain.py), all or nothing.
 
     A change is "the same" when its dedupe key is (crm/webhooks.py). The unique
     (integration, dedupe_key) constraint decides, inside the database, which of two
     racing deliveries stores a change: ``INSERT … ON CONFLICT DO NOTHING RETURNING``
-    returns only the rows this transaction inserted, so exactly one delivery queues it.
+    returns only the rows this transaction inserted.
     """
     now = timezone.now()
     unique: dict[str, Change] = {}
@@ -244,8 +245,8 @@ def delivery_store(*, integration_id: int, changes: Sequence[Change]) -> StoredD
             new_by_key.update(_insert_new(rows[start : start + INSERT_BATCH], using=using))
         # in delivery order, which is the CRM's order of the changes
         event_ids = tuple(new_by_key[key] for key in unique if key in new_by_key)
-        if event_ids:
-            _enqueue(list(event_ids), using=using)
+        if event_ids and _drain_mark(using=using):
+            enqueue_with_transaction(DRAIN_TASK, using=using)
     return StoredDelivery(event_ids=event_ids, duplicates=len(changes) - len(event_ids))
 
 
@@ -277,8 +278,47 @@ def _insert_new(rows: list[dict[str, Any]], *, using: str) -> dict[str, int]:
         return {key: pk for pk, key in cursor.fetchall()}
 
 
+def _drain_mark(*, using: str) -> bool:
+    """Mark a drain waiting unless one is; True when this call marked it (and so queues it)."""
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        cursor.execute(_drain_mark_sql(connection.vendor, connection.ops.quote_name), _drain_mark_params(connection))
+        return cursor.fetchone() is not None
+
+
+def _drain_mark_params(connection) -> list[Any]:
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    return [DRAIN_ROW, now] if connection.vendor == "sqlite" else [now, DRAIN_ROW, DRAIN_ROW, now, DRAIN_ROW]
+
+
+@functools.cache
+def _drain_mark_sql(vendor: str, qn: Callable[[str], str]) -> str:
+    table, queued_at, pk = qn(EventDrain._meta.db_table), qn("queued_at"), qn("id")
+    if vendor == "sqlite":  # one writer at a time: the upsert's lock costs nothing
+        return (
+            f"INSERT INTO {table} ({pk}, {queued_at}) VALUES (%s, %s) ON CONFLICT ({pk}) DO UPDATE SET "
+            f"{queued_at} = excluded.{queued_at} WHERE {table}.{queued_at} IS NULL RETURNING {pk}"
+        )
+    return f"WITH {_drain_mark_ctes(qn, '')} SELECT {pk} FROM marked UNION ALL SELECT {pk} FROM made"
+
+
+def _drain_mark_ctes(qn: Callable[[str], str], only_if: str) -> str:
+    """PostgreSQL: ``marked`` (the row went from no drain waiting to one) and ``made`` (the
+    row was missing, a flushed table say). A plain UPDATE, not an upsert: an upsert locks
+    the row in every delivery's transaction, and deliveries would commit one at a time;
+    this one touches it only when no drain is waiting. Parameters: the time, the row's id,
+    the row's id, the time, the row's id."""
+    table, queued_at, pk = qn(EventDrain._meta.db_table), qn("queued_at"), qn("id")
+    return (
+        f"marked AS (UPDATE {table} SET {queued_at} = %s WHERE {pk} = %s AND {queued_at} IS NULL{only_if} "
+        f"RETURNING {pk}), "
+        f"made AS (INSERT INTO {table} ({pk}, {queued_at}) SELECT %s, %s WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {table} WHERE {pk} = %s){only_if} ON CONFLICT ({pk}) DO NOTHING RETURNING {pk})"
+    )
+
+
 def _queue_in_statement(using: str) -> bool:
-    """Whether the task can be queued by the statement that stores the events: on
+    """Whether the drain can be queued by the statement that stores the events: on
     PostgreSQL with django-q2's ORM broker on the same database."""
     return connections[using].vendor == "postgresql" and queues_in_database(using)
 
@@ -296,48 +336,34 @@ class _Capture:
         return QUEUED_IN_STATEMENT  # django-q2 logs "Enqueued [..] <this>": not shown
 
 
-_sequences: dict[str, str] = {}
-
-
 def _insert_new_and_queue(rows: list[dict[str, Any]], *, using: str) -> dict[str, int]:
-    """PostgreSQL: ``_insert_new`` and ``_enqueue`` in one statement, which is atomic by
-    itself; half the round trips of a transaction, and no ORM save. The events' ids are
-    drawn from their sequence first, so the task's package names them before they are
-    inserted; ids of changes that turn out to be duplicates are never used (the task
-    skips ids it does not find) and nothing is queued when every change was one."""
+    """PostgreSQL: ``_insert_new``, ``_drain_mark`` and queueing the drain in one
+    statement, which is atomic by itself: one round trip, and no ORM save. The drain's
+    task row is written only when the events were new and no drain was waiting."""
     connection = connections[using]
     meta = CrmEvent._meta
     qn = connection.ops.quote_name
-    sequence = _sequences.get(using)
+    capture = _Capture()
+    async_task(DRAIN_TASK, save=False, broker=capture)
+    fields = [meta.get_field(name) for name in _INSERT_FIELDS]
+    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    queue = OrmQ._meta
+    sql = (
+        f"WITH new AS (INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
+        f"VALUES {', '.join([placeholders] * len(rows))} "
+        f"ON CONFLICT ({qn('integration_id')}, {qn('dedupe_key')}) DO NOTHING "
+        f"RETURNING {qn(meta.pk.column)}, {qn('dedupe_key')}), "
+        f"{_drain_mark_ctes(qn, ' AND EXISTS (SELECT 1 FROM new)')}, "
+        f"queued AS (INSERT INTO {qn(queue.db_table)} ({qn('key')}, {qn('payload')}, {qn('lock')}) "
+        f"SELECT %s, %s, %s WHERE EXISTS (SELECT 1 FROM marked) OR EXISTS (SELECT 1 FROM made)) "
+        f"SELECT {qn(meta.pk.column)}, {qn('dedupe_key')} FROM new"
+    )
+    params: list[Any] = []
+    for row in rows:
+        params.extend(field.get_db_prep_save(row[field.name], connection) for field in fields)
+    params += _drain_mark_params(connection)
+    # as django-q2's ORM broker writes a task (django_q/brokers/orm.py)
+    params += [capture.list_key or Conf.CLUSTER_NAME, capture.package, timezone.now()]
     with connection.cursor() as cursor:
-        if sequence is None:
-            cursor.execute("SELECT pg_get_serial_sequence(%s, %s)", [meta.db_table, meta.pk.column])
-            sequence = _sequences[using] = cursor.fetchone()[0]
-        cursor.execute("SELECT nextval(%s) FROM generate_series(1, %s)", [sequence, len(rows)])
-        ids = [row[0] for row in cursor.fetchall()]
-        capture = _Capture()
-        async_task(PROCESS_TASK, ids, save=False, broker=capture)
-        fields = [meta.pk, *(meta.get_field(name) for name in _INSERT_FIELDS)]
-        placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
-        queue = OrmQ._meta
-        sql = (
-            f"WITH new AS (INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
-            f"VALUES {', '.join([placeholders] * len(rows))} "
-            f"ON CONFLICT ({qn('integration_id')}, {qn('dedupe_key')}) DO NOTHING "
-            f"RETURNING {qn(meta.pk.column)}, {qn('dedupe_key')}), "
-            f"queued AS (INSERT INTO {qn(queue.db_table)} ({qn('key')}, {qn('payload')}, {qn('lock')}) "
-            f"SELECT %s, %s, %s WHERE EXISTS (SELECT 1 FROM new)) "
-            f"SELECT {qn(meta.pk.column)}, {qn('dedupe_key')} FROM new"
-        )
-        params: list[Any] = []
-        for pk, row in zip(ids, rows, strict=True):
-            params.append(pk)
-            params.extend(field.get_db_prep_save(row[field.name], connection) for field in fields[1:])
-        # as django-q2's ORM broker writes a task (django_q/brokers/orm.py)
-        params += [capture.list_key or Conf.CLUSTER_NAME, capture.package, timezone.now()]
         cursor.execute(sql, params)
         return {key: pk for pk, key in cursor.fetchall()}
-
-
-def _enqueue(event_ids: list[int], *, using: str) -> None:
-    enqueue_with_transaction(PROCESS_TASK, event_ids, using=using)

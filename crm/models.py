@@ -49,6 +49,9 @@ class CrmEvent(models.Model):
     # when the next try of a retrying event is due: written with its attempt count, so the
     # sweeper finds a retry whose schedule was lost (a worker or the database went down)
     retry_at = models.DateTimeField(null=True, blank=True)
+    # when a drain (crm/drain.py) took the event to process it; a claim older than
+    # DRAIN_CLAIM_TIMEOUT is another drain's to take (the one that took it died)
+    claimed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -60,6 +63,17 @@ class CrmEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.entity_type} {self.entity_id}"
+
+
+class EventDrain(models.Model):
+    """One row (id 1): whether a drain of the pending CRM events is queued and has not
+    started yet (crm/drain.py). Webhook intake queues a drain only when none is waiting,
+    so a burst of deliveries costs one task, not one each."""
+
+    queued_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"drain queued at {self.queued_at}" if self.queued_at else "no drain waiting"
 
 
 class CrmSnapshot(models.Model):

@@ -7,13 +7,21 @@ from .dispatch import events_process
 
 
 def process_events(event_ids: Sequence[int], pending_handlers: Mapping[int, Sequence[str]] | None = None) -> dict:
-    """Run the configured handlers on the stored events of one webhook delivery (or on
-    the events of a scheduled retry, with the handlers still to run)."""
+    """Run the configured handlers on these stored events: a scheduled retry (with the
+    handlers still to run), the sweeper's, or the admin's "process again"."""
     return events_process(event_ids=event_ids, pending_handlers=pending_handlers)
 
 
 def sweep_pending_events() -> int:
-    """Every few minutes (a django-q2 schedule): re-queue events whose processing was lost."""
+    """Every few minutes (a django-q2 schedule): pick up events whose processing was lost."""
     from .dispatch import events_sweep
 
     return events_sweep()
+
+
+def drain_events() -> dict:
+    """Process the stored events waiting for it, batch after batch (crm/drain.py): queued
+    by webhook intake when no drain is waiting."""
+    from .drain import events_drain
+
+    return events_drain()

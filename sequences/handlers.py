@@ -2,13 +2,19 @@
 settings.CRM_EVENT_HANDLERS, messenger replies in settings.INBOUND_MESSAGE_HANDLERS)."""
 from __future__ import annotations
 
+import functools
 import logging
+import operator
+from collections import defaultdict
 
-from agents.models import Agent, ConversationMessage, ExecutionLog
+from django.db.models import Q
+
+from agents.models import ConversationMessage, ExecutionLog
+from crm.dispatch import batch_load
 from crm.models import CrmEvent
 from integrations.models import Integration
 from triggers.engine import _equal, evaluate, first_failure, lead_from_webhook, lead_values
-from triggers.execution import event_facts, remember_state
+from triggers.execution import event_agent, event_facts, remember_state
 from triggers.schemas import KIND_EVENTS
 
 from .models import ACTIVE_RUN_STATUSES, Sequence, SequenceRun
@@ -29,7 +35,15 @@ def on_crm_event(event: CrmEvent) -> None:
     _start_on_event(event)
 
 
+def _agents_with_sequences(events: list[CrmEvent]) -> set[int]:
+    agents = {event.integration.agent_id for event in events}
+    return set(Sequence.objects.filter(agent_id__in=agents).values_list("agent_id", flat=True).distinct())
+
+
 def _exit_on_event(event: CrmEvent) -> None:
+    agents = batch_load(event, "sequences.agents", _agents_with_sequences)
+    if agents is not None and event.integration.agent_id not in agents:
+        return  # no sequence, so no run to end (for a batch, asked once for all its agents)
     runs = list(
         SequenceRun.objects.filter(
             agent_id=event.integration.agent_id, crm_lead_id=event.lead_id, status__in=ACTIVE_RUN_STATUSES
@@ -52,12 +66,16 @@ def _start_on_event(event: CrmEvent) -> None:
     name = KIND_EVENTS.get(event.kind)
     if name is None or not event.lead_id:
         return
-    sequences = list(
-        Sequence.objects.filter(agent_id=event.integration.agent_id, active=True, trigger_config__event=name)
-    )
+    loaded = batch_load(event, "sequences.starting", _starting_of)
+    if loaded is None:
+        sequences = list(
+            Sequence.objects.filter(agent_id=event.integration.agent_id, active=True, trigger_config__event=name)
+        )
+    else:
+        sequences = loaded.get((event.integration.agent_id, name), [])
     if not sequences:
         return
-    agent = Agent.objects.get(pk=event.integration.agent_id)
+    agent = event_agent(event)
     if not agent.active:
         return
     facts = event_facts(event, agent, remember_state(event))
@@ -95,6 +113,23 @@ def _start_on_event(event: CrmEvent) -> None:
                 crm_lead_id=event.lead_id,
                 detail={"event_id": event.pk, "event": name, "reason": str(exc)},
             )
+
+
+def _starting_of(events: list[CrmEvent]) -> dict[tuple[int, str], list[Sequence]]:
+    """The active sequences started by the (agent, event) pairs of a batch's events."""
+    pairs = {
+        (event.integration.agent_id, KIND_EVENTS[event.kind])
+        for event in events
+        if event.kind in KIND_EVENTS and event.lead_id and event.integration.integration_type == Integration.Type.KOMMO
+    }
+    found: dict[tuple[int, str], list[Sequence]] = defaultdict(list)
+    if pairs:
+        wanted = functools.reduce(
+            operator.or_, (Q(agent_id=agent, trigger_config__event=name) for agent, name in sorted(pairs))
+        )
+        for sequence in Sequence.objects.filter(wanted, active=True):  # in the model's order, as one by one
+            found[(sequence.agent_id, sequence.trigger_config.get("event"))].append(sequence)
+    return found
 
 
 def exit_on_reply(message: ConversationMessage) -> None:

@@ -35,7 +35,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import operator
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -43,7 +45,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from agents.ai.errors import AIError, AIPermanentError
@@ -51,6 +53,7 @@ from agents.models import Agent, ExecutionLog
 from agents.realtime import send_event_on_commit
 from agents.schemas import parse_schedule
 from agents.services import execution_logs_insert
+from crm.dispatch import MAX_ATTEMPTS, batch_load
 from crm.models import CrmEvent
 from integrations.errors import IntegrationError, NotFound, PermanentError, RateLimited, TransientError, Unconfirmed
 from integrations.models import Integration
@@ -239,12 +242,10 @@ def run_triggers(event: CrmEvent) -> None:
     previous = remember_state(event)
     if event_name is None:
         return
-    triggers = list(
-        Trigger.objects.filter(agent_id=integration.agent_id, event=event_name, active=True).order_by("id")
-    )
+    triggers = _candidates(event, integration.agent_id, event_name)
     if not triggers:
         return
-    agent = Agent.objects.get(pk=integration.agent_id)
+    agent = event_agent(event)
     if not agent.active:
         return
     started = time.monotonic()
@@ -253,7 +254,7 @@ def run_triggers(event: CrmEvent) -> None:
         integration_id=integration.pk, lead_id=event.lead_id, kind=event.kind, event_id=event.pk, facts=facts
     )
     depth = cause.depth if cause else 0
-    firings = {f.trigger_id: f for f in TriggerFiring.objects.filter(event_id=event.pk)}
+    firings = _firings(event)
     logged = _skips_logged(event) if event.attempts else set()
     skipped: list[ExecutionLog] = []
     decided: list[tuple[Trigger, TriggerFiring | Result]] = []  # in trigger order: a firing, or a match to fire
@@ -280,8 +281,6 @@ def run_triggers(event: CrmEvent) -> None:
                     to_run.append((trigger, item))
         else:
             to_run = [(trigger, item) for trigger, item in decided]
-    from crm.dispatch import MAX_ATTEMPTS
-
     final = event.attempts + 1 >= MAX_ATTEMPTS
     retry: IntegrationError | None = None
     for trigger, firing in to_run:
@@ -300,6 +299,52 @@ def run_triggers(event: CrmEvent) -> None:
             retry = exc
     if retry is not None:
         raise retry
+
+
+def _candidates(event: CrmEvent, agent_id: int, event_name: str) -> list[Trigger]:
+    """The agent's active triggers for this event, in id order: for a batch, one query for
+    the (agent, event) pairs of all its events."""
+    loaded = batch_load(event, "triggers.candidates", _candidates_of)
+    if loaded is None:
+        return list(Trigger.objects.filter(agent_id=agent_id, event=event_name, active=True).order_by("id"))
+    return loaded.get((agent_id, event_name), [])
+
+
+def _candidates_of(events: list[CrmEvent]) -> dict[tuple[int, str], list[Trigger]]:
+    pairs = {
+        (event.integration.agent_id, KIND_EVENTS[event.kind])
+        for event in events
+        if event.kind in KIND_EVENTS and event.integration.integration_type == Integration.Type.KOMMO
+    }
+    found: dict[tuple[int, str], list[Trigger]] = defaultdict(list)
+    if pairs:
+        wanted = functools.reduce(operator.or_, (Q(agent_id=agent, event=name) for agent, name in sorted(pairs)))
+        for trigger in Trigger.objects.filter(wanted, active=True).order_by("id"):
+            found[(trigger.agent_id, trigger.event)].append(trigger)
+    return found
+
+
+def event_agent(event: CrmEvent) -> Agent:
+    """The agent of the event's integration: for a batch, read once for all its events."""
+    agent_id = event.integration.agent_id
+    loaded = batch_load(
+        event, "agents", lambda events: Agent.objects.in_bulk({e.integration.agent_id for e in events})
+    )
+    if loaded is None or agent_id not in loaded:
+        return Agent.objects.get(pk=agent_id)
+    return loaded[agent_id]
+
+
+def _firings(event: CrmEvent) -> dict[int, TriggerFiring]:
+    """{trigger id: firing} of the event (a repeated event's); for a batch, one query."""
+    loaded = batch_load(
+        event,
+        "triggers.firings",
+        lambda events: list(TriggerFiring.objects.filter(event_id__in=[e.pk for e in events])),
+    )
+    if loaded is None:
+        return {f.trigger_id: f for f in TriggerFiring.objects.filter(event_id=event.pk)}
+    return {f.trigger_id: f for f in loaded if f.event_id == event.pk}
 
 
 def _skips_logged(event: CrmEvent) -> set[int]:

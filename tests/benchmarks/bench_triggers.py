@@ -24,12 +24,12 @@ What it does, in one run:
    ``firing_run`` (the actions) is replaced by a stub. Goal: p99 < 5 ms;
 3. end to end: ``--events`` (2,000) lead-status events, each for a new lead, spread
    round-robin over the agents' integrations (``--accounts``, default all 100), stored
-   through ``delivery_store`` (one delivery per ``--events-per-delivery`` changes, one
-   queued task each), then processed by the real worker: ``manage.py worker`` (django-q2's
+   through ``delivery_store`` (one delivery per ``--events-per-delivery`` changes; the
+   first queues a drain), then processed by the real worker: ``manage.py worker`` (django-q2's
    cluster and the sequence dispatcher, as deployed) with ``--workers`` (Q_WORKERS,
    default 2) processes, the django-q2 ORM broker and every
-   handler of CRM_EVENT_HANDLERS (``--inline`` instead calls ``crm.tasks.process_events``
-   on each delivery's events in this process, one after another). Half the events match
+   handler of CRM_EVENT_HANDLERS (``--inline`` instead runs one drain, crm/drain.py, in
+   this process). Half the events match
    a trigger with 2 CRM actions (a task and a note), half a trigger with 1 (a field
    update): 1.5 CRM requests an event, through the real client and the real rate limiter
    (KOMMO_RATE_LIMIT_PER_SECOND, 7 a second per account). Goal: ≥ 200 events/s. Then the
@@ -452,24 +452,32 @@ def measure_evaluation(integration, agent, events: int, warmup: int, seed: int, 
     }
 
 
+def forget_queued_tasks() -> None:
+    """Empty the task queue, and the mark of a drain waiting in it (crm/drain.py)."""
+    from django_q.models import OrmQ
+
+    from crm.models import EventDrain
+
+    OrmQ.objects.all().delete()
+    EventDrain.objects.update(queued_at=None)
+
+
 def run_worker(args, env: dict[str, str], deliveries: list[list[int]], work: Path, label: str) -> dict:
     """Process the stored deliveries with the worker; returns timings and CPU."""
     from django.db import connection
 
+    from crm.drain import events_drain
     from crm.models import CrmEvent
-    from crm.tasks import process_events
 
     ids = [i for delivery in deliveries for i in delivery]
     pending = CrmEvent.objects.filter(pk__in=ids, status=CrmEvent.Status.PENDING)
     result: dict = {}
     if args.inline:
-        from django_q.models import OrmQ
-
-        OrmQ.objects.all().delete()  # this process runs the deliveries' tasks itself
+        forget_queued_tasks()  # this process drains the events itself
         cpu0 = time.process_time()
         started = time.monotonic()
-        for delivery in deliveries:
-            process_events(delivery)
+        events_drain(seconds=float("inf"))
+        forget_queued_tasks()  # the drains it queued for other worker processes
         result["wall_seconds"] = time.monotonic() - started
         result["worker_cpu_seconds"] = time.process_time() - cpu0
     else:
@@ -679,7 +687,6 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     call_command("migrate", verbosity=0, interactive=False)
-    from django_q.models import OrmQ
 
     from agents.models import Agent
     from integrations.models import Integration
@@ -738,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for label, index in (("worst case", 0), ("spread", 1)):
             r = measure_evaluation(integrations[index], agents[index], args.eval_events, 50, index, lead_base)
-            OrmQ.objects.all().delete()  # the tasks the intake queued for these events: done here
+            forget_queued_tasks()  # the drain the intake queued for these events: done here
             lead_base += 10_000
             results[f"eval {label}"] = r
             what = (
@@ -754,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_e2e:
         accounts = integrations[: args.accounts or len(integrations)]
-        mode = "in this process (crm.tasks.process_events per delivery)" if args.inline else (
+        mode = "in this process (one drain, crm/drain.py)" if args.inline else (
             f"manage.py worker, {args.workers} worker processes, django-q2 ORM broker"
         )
         print(f"\n== end to end: worker {mode}; every handler of CRM_EVENT_HANDLERS; each event fires one "

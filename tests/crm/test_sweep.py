@@ -30,7 +30,7 @@ def event(integration, key: str, *, age: timedelta, attempts: int = 0, status: s
     return row
 
 
-def test_lost_events_are_processed_and_fresh_or_retrying_ones_left_alone():
+def test_lost_events_are_drained_and_retrying_ones_left_to_their_retry(django_capture_on_commit_callbacks):
     integration = make_integration(integration_type="kommo", config={"base_url": "https://a.kommo.com"})
     event(integration, "lost", age=timedelta(minutes=30))
     event(integration, "fresh", age=timedelta(minutes=1))
@@ -38,10 +38,23 @@ def test_lost_events_are_processed_and_fresh_or_retrying_ones_left_alone():
     event(integration, "overdue", age=timedelta(hours=5), attempts=2)
     event(integration, "done", age=timedelta(hours=5), status="done")
 
-    assert events_sweep() == 2  # tasks run synchronously in tests
+    with django_capture_on_commit_callbacks(execute=True):  # tasks run synchronously in tests
+        assert events_sweep() == 2  # a drain, and the overdue retry
 
     statuses = dict(CrmEvent.objects.values_list("dedupe_key", "status"))
-    assert statuses == {"lost": "done", "fresh": "pending", "retrying": "pending", "overdue": "done", "done": "done"}
+    # the drain takes every event waiting, the fresh one too
+    assert statuses == {"lost": "done", "fresh": "done", "retrying": "pending", "overdue": "done", "done": "done"}
+
+
+def test_nothing_to_sweep_queues_nothing(django_capture_on_commit_callbacks):
+    integration = make_integration(integration_type="kommo", config={"base_url": "https://a.kommo.com"})
+    event(integration, "fresh", age=timedelta(minutes=1))
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        assert events_sweep() == 0
+
+    assert callbacks == []
+    assert CrmEvent.objects.get().status == "pending"
 
 
 def test_the_sweeper_runs_every_five_minutes():
@@ -68,39 +81,24 @@ def test_a_retry_whose_schedule_was_lost_is_run_once_it_is_overdue():
     assert dict(CrmEvent.objects.values_list("dedupe_key", "status")) == {"overdue": "done", "coming": "pending"}
 
 
-def test_a_backlog_waiting_in_the_task_queue_is_not_queued_a_second_time(monkeypatch):
-    """With tasks waiting in the queue, an event never tried may just be waiting its turn:
-    it is swept only when events received well after it have been taken up already
-    (tasks are taken oldest first, so its own task is gone)."""
-    from crm import dispatch
+def test_a_drain_waiting_its_turn_is_not_queued_again_until_it_looks_lost(django_capture_on_commit_callbacks):
+    """A backlog in the task queue: the drain queued for the events waits its turn, and
+    the sweeper queues no second one; a drain waiting longer than SWEEP_AFTER was lost
+    (its task went with a worker), and the sweeper queues another."""
+    from crm.dispatch import SWEEP_AFTER
+    from crm.models import EventDrain
 
-    monkeypatch.setattr(dispatch, "_task_queue_busy", lambda: True)
-    integration = make_integration(integration_type="kommo", config={"base_url": "https://a.kommo.com"})
-    event(integration, "lost", age=timedelta(minutes=40))
-    event(integration, "taken up", age=timedelta(minutes=30), status="done")
-    event(integration, "waiting", age=timedelta(minutes=20))
-
-    assert events_sweep() == 1
-
-    statuses = dict(CrmEvent.objects.values_list("dedupe_key", "status"))
-    assert statuses == {"lost": "done", "taken up": "done", "waiting": "pending"}
-
-
-def test_with_a_busy_queue_and_nothing_taken_up_yet_nothing_is_queued_again(monkeypatch):
-    from crm import dispatch
-
-    monkeypatch.setattr(dispatch, "_task_queue_busy", lambda: True)
     integration = make_integration(integration_type="kommo", config={"base_url": "https://a.kommo.com"})
     event(integration, "waiting", age=timedelta(minutes=40))
+    queued_at = timezone.now() - SWEEP_AFTER + timedelta(minutes=1)
+    EventDrain.objects.update_or_create(pk=1, defaults={"queued_at": queued_at})
 
-    assert events_sweep() == 0
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        assert events_sweep() == 0
+    assert callbacks == [] and CrmEvent.objects.get().status == "pending"
 
-
-def test_the_task_queue_is_read_from_the_broker(settings):
-    from django_q.models import OrmQ
-
-    from crm.dispatch import _task_queue_busy
-
-    assert _task_queue_busy() is False
-    OrmQ.objects.create(key=settings.Q_CLUSTER["name"], payload="x", lock=timezone.now() - timedelta(minutes=5))
-    assert _task_queue_busy() is True
+    EventDrain.objects.filter(pk=1).update(queued_at=timezone.now() - SWEEP_AFTER - timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert events_sweep() == 1
+    assert CrmEvent.objects.get().status == "done"
+    assert EventDrain.objects.get(pk=1).queued_at is None  # the drain started: no drain waiting

@@ -15,7 +15,6 @@ from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
 from crm import intake, views
-from crm.dispatch import events_process
 from crm.models import CrmEvent
 from crm.webhooks import parse_delivery
 from integrations.models import Integration
@@ -308,9 +307,11 @@ def test_intake_reads_the_integration_once_and_inserts_the_events_in_one_stateme
     assert response.status_code == 200
     statements = [q["sql"] for q in captured.captured_queries]
     data_statements = [s for s in statements if not s.upper().startswith(("SAVEPOINT", "RELEASE"))]
-    assert len(data_statements) == 2, statements
     assert "integrations_integration" in data_statements[0]
+    assert len(data_statements) == 3, statements
     assert data_statements[1].startswith('INSERT INTO "crm_crmevent"')
+    # a drain is waiting now (SQLite: an upsert; PostgreSQL: an update, or an insert when the row is missing)
+    assert data_statements[2].startswith(('INSERT INTO "crm_eventdrain"', 'WITH marked AS (UPDATE "crm_eventdrain"'))
     assert "credentials" not in data_statements[0]  # no decryption on the hot path
 
 
@@ -322,11 +323,44 @@ def test_with_the_database_broker_the_task_is_queued_in_the_transaction_of_its_e
 
     assert post(client, kommo, body("lead_status_changed")).status_code == 200
 
-    ids = list(CrmEvent.objects.order_by("id").values_list("id", flat=True))
     (queued,) = OrmQ.objects.all()
     task = SignedPackage.loads(queued.payload)
-    assert (task["func"], task["args"], task["save"]) == ("crm.tasks.process_events", (ids,), False)
+    assert (task["func"], task["args"], task["save"]) == ("crm.tasks.drain_events", (), False)
     assert recorded == []  # the worker processes it, not the request
+    assert CrmEvent.objects.count() == 2
+
+
+def test_deliveries_while_a_drain_waits_queue_no_other_one(client, kommo, monkeypatch, recorded):
+    """A burst of deliveries costs one task: the drain queued by the first takes the
+    events of all of them. Once it has started, the next delivery queues another."""
+    from crm.drain import events_drain
+    from crm.models import EventDrain
+
+    monkeypatch.setattr(Conf, "SYNC", False)
+    for name in ("lead_status_changed", "lead_added", "contact_added"):
+        assert post(client, kommo, body(name)).status_code == 200
+    assert OrmQ.objects.count() == 1
+    assert EventDrain.objects.get(pk=1).queued_at is not None
+
+    counts = events_drain()
+
+    assert counts == {"done": 4, "failed": 0, "retrying": 0, "batches": 1}
+    assert sorted(call[1] for call in recorded) == sorted(CrmEvent.objects.values_list("id", flat=True))
+    assert EventDrain.objects.get(pk=1).queued_at is None
+    assert post(client, kommo, body("incoming_message")).status_code == 200
+    assert OrmQ.objects.count() == 2
+
+
+def test_a_delivery_makes_the_drain_row_when_it_is_missing(client, kommo, monkeypatch):
+    from crm.models import EventDrain
+
+    monkeypatch.setattr(Conf, "SYNC", False)
+    EventDrain.objects.all().delete()  # a flushed table, say
+
+    assert post(client, kommo, body("lead_added")).status_code == 200
+
+    assert EventDrain.objects.get(pk=1).queued_at is not None
+    assert OrmQ.objects.count() == 1
 
 
 def test_with_the_database_broker_a_rolled_back_delivery_queues_nothing(kommo, monkeypatch):
@@ -530,35 +564,49 @@ def queued_tasks() -> list[dict]:
 
 
 @postgres_only
-def test_on_postgresql_a_delivery_costs_an_id_draw_and_one_statement(kommo, monkeypatch, django_assert_num_queries):
+def test_on_postgresql_a_delivery_costs_one_statement(kommo, monkeypatch, django_assert_num_queries, recorded):
     monkeypatch.setattr(Conf, "SYNC", False)
     changes = parse_delivery(body("lead_status_changed")).changes
-    intake.delivery_store(integration_id=kommo.id, changes=changes[:1])  # learns the sequence's name
 
-    with django_assert_num_queries(2) as captured:
-        stored_now = intake.delivery_store(integration_id=kommo.id, changes=changes[1:])
+    with django_assert_num_queries(1) as captured:
+        stored = intake.delivery_store(integration_id=kommo.id, changes=changes)
 
-    draw, statement = (q["sql"] for q in captured.captured_queries)
-    assert draw.startswith("SELECT nextval(")
+    (statement,) = (q["sql"] for q in captured.captured_queries)
     assert statement.startswith('WITH new AS (INSERT INTO "crm_crmevent"') and '"django_q_ormq"' in statement
-    assert [task["args"] for task in queued_tasks()][-1] == (list(stored_now.event_ids),)
+    assert [task["func"] for task in queued_tasks()] == ["crm.tasks.drain_events"]
+    assert len(stored.event_ids) == len(changes)
+    with django_assert_num_queries(1):  # a drain waits: stored, nothing more queued
+        intake.delivery_store(integration_id=kommo.id, changes=parse_delivery(body("lead_added")).changes)
+    assert OrmQ.objects.count() == 1
 
 
 @postgres_only
-def test_on_postgresql_the_task_names_ids_of_duplicates_that_were_never_used(kommo, monkeypatch, recorded):
+def test_on_postgresql_the_drain_takes_what_the_deliveries_stored(kommo, monkeypatch, recorded):
+    from crm.drain import events_drain
+    from crm.models import EventDrain
+
     monkeypatch.setattr(Conf, "SYNC", False)
     first, second = parse_delivery(body("lead_status_changed")).changes
     (earlier,) = intake.delivery_store(integration_id=kommo.id, changes=[first]).event_ids
-
     stored_now = intake.delivery_store(integration_id=kommo.id, changes=[first, second])
-
     assert stored_now.duplicates == 1
-    (new,) = stored_now.event_ids
-    (ids,) = queued_tasks()[-1]["args"]
-    assert len(ids) == 2 and new in ids and earlier not in ids
-    assert set(CrmEvent.objects.values_list("id", flat=True)) == {earlier, new}  # the other id is unused
-    assert events_process(event_ids=ids) == {"done": 1, "failed": 0, "retrying": 0}
-    assert [call[1] for call in recorded] == [new]
+
+    assert events_drain() == {"done": 2, "failed": 0, "retrying": 0, "batches": 1}
+    assert [call[1] for call in recorded] == [earlier, *stored_now.event_ids]
+    assert EventDrain.objects.get(pk=1).queued_at is None
+
+
+@postgres_only
+def test_on_postgresql_a_delivery_makes_the_drain_row_when_it_is_missing(kommo, monkeypatch):
+    from crm.models import EventDrain
+
+    monkeypatch.setattr(Conf, "SYNC", False)
+    EventDrain.objects.all().delete()
+
+    intake.delivery_store(integration_id=kommo.id, changes=parse_delivery(body("lead_added")).changes)
+
+    assert EventDrain.objects.get(pk=1).queued_at is not None
+    assert [task["func"] for task in queued_tasks()] == ["crm.tasks.drain_events"]
 
 
 @postgres_only

@@ -257,6 +257,45 @@ def test_a_crm_event_starts_a_sequence_once(agent, kommo, clock):
     assert "not greater than 99999" in skipped.detail["reason"]
 
 
+def test_a_batch_of_events_starts_and_ends_each_agents_runs(agent, kommo, clock):
+    """A drain's batch of events for two agents: the sequences they start are read once
+    for the batch, an agent with no sequence is not asked for runs, and each event starts
+    or ends only its own agent's runs."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from crm.drain import events_drain
+    from crm.intake import delivery_store
+    from crm.webhooks import parse_delivery
+    from tests.factories import make_agent
+    from tests.triggers.test_execution import lead_form
+
+    starting = make_sequence(agent, trigger_config={"event": "lead_added", "conditions": []}, steps=THREE_STEPS)
+    running = start(make_sequence(agent, trigger_config={}, steps=THREE_STEPS), lead_id=LEAD + 1)
+    bare = make_integration(
+        make_agent(), integration_type="kommo", config={"base_url": CRM}, credentials={"access_token": "t"}
+    )
+
+    def deliver(integration, body: bytes) -> None:
+        delivery_store(integration_id=integration.id, changes=parse_delivery(body).changes)
+
+    deliver(kommo, lead_form("add"))
+    deliver(kommo, lead_form("status", lead_id=LEAD + 1, status_id=142, old_status_id=1))
+    deliver(bare, lead_form("add", lead_id=LEAD + 2))
+    deliver(bare, lead_form("status", lead_id=LEAD + 3, status_id=142, old_status_id=1))
+
+    with CaptureQueriesContext(connection) as captured:
+        assert events_drain()["done"] == 4
+
+    (started,) = SequenceRun.objects.filter(started_by="event")
+    assert (started.sequence_id, started.crm_lead_id) == (starting.pk, LEAD)
+    running.refresh_from_db()
+    assert running.status == "exited"
+    reads = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("SELECT")]
+    assert sum('FROM "sequences_sequence" ' in sql for sql in reads) == 2  # who has any; who starts on what
+    assert sum('FROM "sequences_sequencerun" ' in sql and "crm_lead_id" in sql for sql in reads) == 2  # kommo's
+
+
 def test_trigger_actions_start_and_stop_a_sequence(agent, kommo, vendors, clock):
     from crm.intake import delivery_store
     from crm.tasks import process_events

@@ -154,6 +154,44 @@ def test_only_the_agents_triggers_for_the_event_kind_are_read(agent, kommo, crm_
     assert TriggerFiring.objects.count() == 3
 
 
+def test_a_batch_of_events_reads_triggers_agents_and_firings_once_and_each_agent_gets_its_own(
+    agent, kommo, crm_api, settings
+):
+    """A drain's batch: the candidates of every (agent, event) pair in one query, the
+    agents in one, the events' firings in one; each event still sees only its agent's
+    triggers for its kind, in order."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from crm.drain import events_drain
+    from tests.factories import make_agent
+
+    other_agent = make_agent()
+    other = make_integration(
+        other_agent, integration_type="kommo", config={"base_url": CRM}, credentials={"access_token": "t"}
+    )
+    mine = make_trigger(agent, event="lead_status_changed", conditions=[], actions=[])
+    theirs = make_trigger(other_agent, event="lead_status_changed", conditions=[], actions=[])
+    note = make_trigger(agent, event="note_added", conditions=[], actions=[])
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=[], active=False)
+    events = [
+        *deliver(kommo, lead_form("status", status_id=WON, old_status_id=NEW)),
+        *deliver(other, lead_form("status", status_id=WON, old_status_id=NEW, lead_id=LEAD + 1)),
+        *deliver(kommo, lead_form("status", status_id=NEW, old_status_id=WON, lead_id=LEAD + 2)),
+    ]
+
+    with CaptureQueriesContext(connection) as captured:
+        assert events_drain()["done"] == 3
+
+    fired = sorted(TriggerFiring.objects.values_list("event_id", "trigger_id"))
+    assert fired == sorted([(events[0], mine.id), (events[1], theirs.id), (events[2], mine.id)])
+    assert note.id not in {trigger for _, trigger in fired}
+    reads = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("SELECT")]
+    assert sum('FROM "triggers_trigger" ' in sql for sql in reads) == 1
+    assert sum('FROM "triggers_triggerfiring" ' in sql for sql in reads) == 1
+    assert sum('FROM "agents_agent" ' in sql and "IN (" in sql for sql in reads) == 1
+
+
 def test_a_repeated_event_does_not_act_twice(agent, kommo, crm_api):
     from triggers.execution import run_triggers
 

@@ -1,11 +1,15 @@
-"""`manage.py worker`: django-q2's cluster plus the sequence dispatcher.
+"""`manage.py worker`: django-q2's cluster plus the dispatcher.
 
-The cluster runs the tasks (CRM events, replies, sequence steps). The dispatcher, a
-thread of this process started after the cluster has forked its processes, hands the
-sequence steps that have come due to the queue every SEQUENCE_DISPATCH_SECONDS, so a
-step starts within a second or two of its time; django-q2's own scheduler looks at
-schedules only every 30 seconds. Several workers may run at once: each due step is
-handed over once (sequences/runner.py).
+The cluster runs the tasks (CRM event drains, replies, sequence steps). The dispatcher, a
+thread of this process started after the cluster has forked its processes, runs every
+SEQUENCE_DISPATCH_SECONDS:
+
+* it hands the sequence steps that have come due to the queue, so a step starts within a
+  second or two of its time; django-q2's own scheduler looks at schedules only every 30
+  seconds. Several workers may run at once: each due step is handed over once
+  (sequences/runner.py);
+* it queues a drain when CRM events have waited a few seconds with none coming for them
+  (crm/drain.py, ``drain_kick``).
 """
 from __future__ import annotations
 
@@ -29,17 +33,19 @@ class Dispatcher(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        from crm.drain import drain_kick
         from sequences.runner import dispatch_due
 
-        with tenancy.system():  # due steps of every tenant (row-level security, tenancy/)
+        with tenancy.system():  # due work of every tenant (row-level security, tenancy/)
             while not self.stopping.is_set():
                 started = time.monotonic()
-                try:
-                    close_old_connections()
-                    dispatch_due()
-                except Exception:  # the database restarting, say: try again next round
-                    logger.exception("sequences.dispatcher.error")
-                    connection.close()
+                for work, error in ((dispatch_due, "sequences.dispatcher.error"), (drain_kick, "crm.drain.kick_error")):
+                    try:
+                        close_old_connections()
+                        work()
+                    except Exception:  # the database restarting, say: try again next round
+                        logger.exception(error)
+                        connection.close()
                 self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
             connection.close()
 
@@ -54,7 +60,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-dispatcher",
             action="store_true",
-            help="Only the cluster (due sequence steps are then queued by the minute schedule).",
+            help=(
+                "Only the cluster: due sequence steps are then queued by the minute schedule, and CRM "
+                "events a drain missed by the sweeper within minutes."
+            ),
         )
 
     def handle(self, *args, no_dispatcher: bool = False, **options):
