@@ -99,16 +99,23 @@ def events_process(
     for event in events:
         event.integration = integrations[event.integration_id]
         event.batch = batch
-    for position, event in enumerate(events):
-        if claimed and time.monotonic() - renewed >= CLAIM_RENEW_SECONDS:
-            claims_renew([later.id for later in events[position:]])
-            renewed = time.monotonic()
-        only = set(pending_handlers[event.id]) if pending_handlers and event.id in pending_handlers else None
-        outcome, transient, retry_after = _run_handlers(event, handlers, only)
-        counts[outcome] += 1
-        if transient:
-            retries[event.id] = transient
-            retry_at = max(retry_at, retry_delay(event.attempts, retry_after))
+    done: list[CrmEvent] = []  # marked done together: one write for the batch, not one each
+    try:
+        for position, event in enumerate(events):
+            if claimed and time.monotonic() - renewed >= CLAIM_RENEW_SECONDS:
+                _mark_done(done)
+                claims_renew([later.id for later in events[position:]])
+                renewed = time.monotonic()
+            only = set(pending_handlers[event.id]) if pending_handlers and event.id in pending_handlers else None
+            outcome, transient, retry_after = _run_handlers(event, handlers, only)
+            counts[outcome] += 1
+            if outcome == "done":
+                done.append(event)
+            if transient:
+                retries[event.id] = transient
+                retry_at = max(retry_at, retry_delay(event.attempts, retry_after))
+    finally:
+        _mark_done(done)
     if retries:
         schedule(
             PROCESS_TASK,
@@ -118,6 +125,17 @@ def events_process(
         )
     logger.info("crm.events.processed", extra={"events": len(events), **counts})
     return counts
+
+
+def _mark_done(events: list[CrmEvent]) -> None:
+    """Record the events whose handlers all returned (and empty the list): one statement.
+    Should the worker die before it, they are run again: handlers take an event twice."""
+    if not events:
+        return
+    CrmEvent.objects.filter(id__in=[event.id for event in events]).update(
+        attempts=F("attempts") + 1, status=CrmEvent.Status.DONE, processed_at=timezone.now(), error=""
+    )
+    events.clear()
 
 
 class Batch:
@@ -180,9 +198,8 @@ def _run_handlers(
         base.update(attempts=F("attempts") + 1, error=last_transient, retry_at=event.retry_at)
         logger.warning("crm.event.retrying", extra={"event_id": event.id, "attempts": attempts})
         return "retrying", transient, retry_after
-    if not transient and not permanent:
+    if not transient and not permanent:  # written by the caller, with the batch's others
         event.attempts, event.status, event.processed_at = attempts, CrmEvent.Status.DONE, timezone.now()
-        base.update(attempts=F("attempts") + 1, status=CrmEvent.Status.DONE, processed_at=event.processed_at, error="")
         return "done", [], None
     # A permanent failure ends the event even when another handler failed only
     # transiently (rare: two handlers broken on one event); the error names both.

@@ -71,7 +71,7 @@ from .engine import (
     lead_from_webhook,
     lead_values,
 )
-from .loops import MAX_CHAIN_DEPTH, Cause, find_cause
+from .loops import MAX_CHAIN_DEPTH, Cause, find_cause, recent_changes
 from .models import ActionRun, EntityState, Trigger, TriggerFiring
 from .schemas import IDEMPOTENT_ACTIONS, KIND_EVENTS, VERIFIABLE_ACTIONS
 
@@ -251,7 +251,12 @@ def run_triggers(event: CrmEvent) -> None:
     started = time.monotonic()
     facts = event_facts(event, agent, previous)
     cause = find_cause(
-        integration_id=integration.pk, lead_id=event.lead_id, kind=event.kind, event_id=event.pk, facts=facts
+        integration_id=integration.pk,
+        lead_id=event.lead_id,
+        kind=event.kind,
+        event_id=event.pk,
+        facts=facts,
+        recent=_own_changes(event),
     )
     depth = cause.depth if cause else 0
     firings = _firings(event)
@@ -322,6 +327,17 @@ def _candidates_of(events: list[CrmEvent]) -> dict[tuple[int, str], list[Trigger
         for trigger in Trigger.objects.filter(wanted, active=True).order_by("id"):
             found[(trigger.agent_id, trigger.event)].append(trigger)
     return found
+
+
+def _own_changes(event: CrmEvent) -> list | None:
+    """The lead's recent own changes (triggers/loops.py): for a batch, one query for the
+    leads of all its events. None outside a batch."""
+    loaded = batch_load(
+        event,
+        "triggers.own_changes",
+        lambda events: recent_changes([(e.integration_id, e.lead_id) for e in events if e.lead_id]),
+    )
+    return None if loaded is None else loaded.get((event.integration_id, event.lead_id), [])
 
 
 def event_agent(event: CrmEvent) -> Agent:

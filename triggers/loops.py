@@ -20,12 +20,15 @@ would have done already.
 """
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from integrations.models import Integration
@@ -97,19 +100,26 @@ def _shows(expect: Mapping[str, Any], facts: Facts) -> bool:
 
 
 def find_cause(
-    *, integration_id: int, lead_id: int | None, kind: str, event_id: int, facts: Facts, now=None
+    *,
+    integration_id: int,
+    lead_id: int | None,
+    kind: str,
+    event_id: int,
+    facts: Facts,
+    now=None,
+    recent: list[OwnChange] | None = None,
 ) -> Cause | None:
     """The trigger change this event reports, if it reports one (the deepest that fits).
 
     A change is reported once per event kind: the first event of a kind that shows it
     takes it (the same event, evaluated again, still does), so a person's later edit
-    that happens to show the same value is not mistaken for it."""
+    that happens to show the same value is not mistaken for it. ``recent``: the lead's
+    changes as ``recent_changes`` reads them, when the caller read them already (for a
+    batch of events: a change taken meanwhile is told by ``_take``, which reads it again)."""
     if not lead_id:
         return None
-    now = now or timezone.now()
-    recent = OwnChange.objects.filter(
-        integration_id=integration_id, crm_lead_id=lead_id, created_at__gte=now - OWN_CHANGE_WINDOW
-    ).order_by("-depth", "-id")
+    if recent is None:
+        recent = recent_changes([(integration_id, lead_id)], now=now).get((integration_id, lead_id), [])
     for change in recent:
         taken_by = change.matched.get(kind)
         if kind not in change.kinds or taken_by not in (None, event_id) or not _shows(change.expect, facts):
@@ -118,6 +128,20 @@ def find_cause(
             continue  # another event of this kind took it a moment ago
         return Cause(trigger_id=change.trigger_id, depth=change.depth, change_id=change.pk)
     return None
+
+
+def recent_changes(leads: list[tuple[int, int]], *, now=None) -> dict[tuple[int, int], list[OwnChange]]:
+    """{(integration id, lead id): its changes within OWN_CHANGE_WINDOW, deepest first}."""
+    now = now or timezone.now()
+    found: dict[tuple[int, int], list[OwnChange]] = {}
+    pairs = sorted(set(leads))
+    if not pairs:
+        return found
+    wanted = functools.reduce(operator.or_, (Q(integration_id=i, crm_lead_id=lead) for i, lead in pairs))
+    changes = OwnChange.objects.filter(wanted, created_at__gte=now - OWN_CHANGE_WINDOW).order_by("-depth", "-id")
+    for change in changes:
+        found.setdefault((change.integration_id, change.crm_lead_id), []).append(change)
+    return found
 
 
 def _take(change_id: int, kind: str, event_id: int) -> bool:

@@ -158,8 +158,8 @@ def test_a_batch_of_events_reads_triggers_agents_and_firings_once_and_each_agent
     agent, kommo, crm_api, settings
 ):
     """A drain's batch: the candidates of every (agent, event) pair in one query, the
-    agents in one, the events' firings in one; each event still sees only its agent's
-    triggers for its kind, in order."""
+    agents in one, the events' firings in one, the leads' own changes in one; each event
+    still sees only its agent's triggers for its kind, in order."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -189,6 +189,7 @@ def test_a_batch_of_events_reads_triggers_agents_and_firings_once_and_each_agent
     reads = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("SELECT")]
     assert sum('FROM "triggers_trigger" ' in sql for sql in reads) == 1
     assert sum('FROM "triggers_triggerfiring" ' in sql for sql in reads) == 1
+    assert sum('FROM "triggers_ownchange" ' in sql for sql in reads) == 1  # the causes (triggers/loops.py)
     assert sum('FROM "agents_agent" ' in sql and "IN (" in sql for sql in reads) == 1
 
 
@@ -484,6 +485,32 @@ def test_a_trigger_does_not_fire_on_its_own_change(agent, kommo, crm_api):
     skipped = ExecutionLog.objects.get(kind="trigger", status="skipped")
     assert skipped.ref_id == mover.id and "own change" in skipped.detail["reason"]
     assert skipped.detail["cause"]["trigger_id"] == mover.id
+
+
+def test_in_one_batch_the_echo_takes_the_own_change_and_a_look_alike_after_it_does_not(agent, kommo, crm_api):
+    """The batch reads the lead's own changes once; the second event that shows the same
+    change finds it taken by the first (read again under its lock), so it is a person's."""
+    mover = make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[changed_to(48293916)],
+        actions=[{"type": "change_stage", "pipeline_id": PIPELINE, "status_id": 48293918}],
+    )
+    make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[changed_to(48293918)],
+        actions=[{"type": "create_task", "text": "Moved on"}],
+    )
+    run(kommo, lead_form("status", status_id=48293916, old_status_id=NEW))
+    assert len(calls(crm_api, f"/leads/{LEAD}", "PATCH")) == 1
+
+    echo = deliver(kommo, lead_form("status", status_id=48293918, old_status_id=48293916, modified=1717079400))
+    person = deliver(kommo, lead_form("status", status_id=48293918, old_status_id=48293916, modified=1717079500))
+    process_events(echo + person)  # one batch
+
+    firings = TriggerFiring.objects.exclude(trigger=mover)
+    assert [(f.event_id, f.depth) for f in firings.order_by("event_id")] == [(echo[0], 1), (person[0], 0)]
 
 
 def test_a_person_making_a_change_later_is_not_taken_for_the_trigger(agent, kommo, crm_api):
