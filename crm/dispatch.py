@@ -55,6 +55,7 @@ MAX_ATTEMPTS = 5
 RETRY_BASE_SECONDS = 30
 RETRY_FACTOR = 4
 ERROR_MAX_CHARS = 1000
+OUTCOMES_EVERY_SECONDS = 1.0  # a batch's outcomes are written at least this often
 
 
 def retry_delay(attempts: int, retry_after: float | None = None) -> float:
@@ -92,50 +93,67 @@ def events_process(
     # one load (and one decryption of credentials) per integration, not per event
     integrations = Integration.objects.in_bulk({event.integration_id for event in events})
     counts = {"done": 0, "failed": 0, "retrying": 0}
-    retries: dict[int, list[str]] = {}
-    retry_at = 0.0
     renewed = time.monotonic()
     batch = Batch(events)
     for event in events:
         event.integration = integrations[event.integration_id]
         event.batch = batch
-    done: list[CrmEvent] = []  # marked done together: one write for the batch, not one each
+    outcomes = _Outcomes()
     try:
         for position, event in enumerate(events):
             if claimed and time.monotonic() - renewed >= CLAIM_RENEW_SECONDS:
-                _mark_done(done)
                 claims_renew([later.id for later in events[position:]])
                 renewed = time.monotonic()
             only = set(pending_handlers[event.id]) if pending_handlers and event.id in pending_handlers else None
             outcome, transient, retry_after = _run_handlers(event, handlers, only)
             counts[outcome] += 1
-            if outcome == "done":
-                done.append(event)
-            if transient:
-                retries[event.id] = transient
-                retry_at = max(retry_at, retry_delay(event.attempts, retry_after))
+            outcomes.add(event, outcome, transient, retry_after)
+            if outcomes.due():
+                outcomes.write()
     finally:
-        _mark_done(done)
-    if retries:
-        schedule(
-            PROCESS_TASK,
-            sorted(retries),
-            pending_handlers=retries,
-            next_run=timezone.now() + timedelta(seconds=retry_at),
-        )
+        outcomes.write()
     logger.info("crm.events.processed", extra={"events": len(events), **counts})
     return counts
 
 
-def _mark_done(events: list[CrmEvent]) -> None:
-    """Record the events whose handlers all returned (and empty the list): one statement.
-    Should the worker die before it, they are run again: handlers take an event twice."""
-    if not events:
-        return
-    CrmEvent.objects.filter(id__in=[event.id for event in events]).update(
-        attempts=F("attempts") + 1, status=CrmEvent.Status.DONE, processed_at=timezone.now(), error=""
-    )
-    events.clear()
+class _Outcomes:
+    """What a batch's events came to, written every OUTCOMES_EVERY_SECONDS and at its end
+    rather than one write each: the events done (one statement), and the retries (one
+    schedule). Should the worker die before a write, the events done since the last one
+    are run again (handlers take an event twice), and the retries' are found by the
+    sweeper through their ``retry_at``."""
+
+    def __init__(self) -> None:
+        self.done: list[int] = []
+        self.retries: dict[int, list[str]] = {}
+        self.retry_in = 0.0
+        self.written = time.monotonic()
+
+    def add(self, event: CrmEvent, outcome: str, transient: list[str], retry_after: float | None) -> None:
+        if outcome == "done":
+            self.done.append(event.id)
+        if transient:
+            self.retries[event.id] = transient
+            self.retry_in = max(self.retry_in, retry_delay(event.attempts, retry_after))
+
+    def due(self) -> bool:
+        return time.monotonic() - self.written >= OUTCOMES_EVERY_SECONDS
+
+    def write(self) -> None:
+        self.written = time.monotonic()
+        if self.done:
+            CrmEvent.objects.filter(id__in=self.done).update(
+                attempts=F("attempts") + 1, status=CrmEvent.Status.DONE, processed_at=timezone.now(), error=""
+            )
+            self.done = []
+        if self.retries:
+            retries, self.retries, retry_in, self.retry_in = self.retries, {}, self.retry_in, 0.0
+            schedule(
+                PROCESS_TASK,
+                sorted(retries),
+                pending_handlers=retries,
+                next_run=timezone.now() + timedelta(seconds=retry_in),
+            )
 
 
 class Batch:

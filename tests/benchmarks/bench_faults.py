@@ -37,8 +37,9 @@ What it does, in one run:
    (PostgreSQL: stopped with ``-m fast``, down ``--db-down`` seconds, started again;
    SQLite has no server to restart: skipped, or with ``--sqlite-lock N`` the file is
    locked for N seconds instead). For each it reports what the worker had in hand (tasks
-   taken from the queue, actions, steps and replies under way) and how long until all
-   of that ended done or failed;
+   taken from the queue, the events its drains had claimed and those its retries named,
+   actions, steps and replies under way) and how long until all of that ended done or
+   failed;
 6. waits until every CRM event, trigger firing, action, sequence run and inbound
    message is final (at most ``--timeout``; it stops earlier when nothing has changed
    for ``--stall`` seconds, longer than any recovery delay: what is left is stuck, and
@@ -57,7 +58,10 @@ them right after their modules are imported (printed at the start): retry backof
 → ``--retry-base``), "a claimed action was interrupted"
 ``triggers.execution.ACTION_CLAIM_TIMEOUT`` (5 min → ``--recover-after``), "an inbound
 message was lost" ``agents.conversations.LOST_AFTER`` (10 min → ``--recover-after``) and
-"an event's task was lost" ``crm.dispatch.SWEEP_AFTER`` (10 min, kept unless ``--sweep-after``).
+"an event's retry was lost" ``crm.dispatch.SWEEP_AFTER`` (10 min, kept unless ``--sweep-after``;
+also how long the sweeper lets never-tried events wait before it queues a drain, which the
+dispatcher's ``crm.drain.drain_kick`` does after 2 s already). Not shortened: a killed
+drain's claims are taken again after ``crm.drain.DRAIN_CLAIM_TIMEOUT`` (2 min).
 Settings do the rest: Q_TIMEOUT (``--q-timeout``; django-q2 hands a task taken by a dead
 worker to another after Q_TIMEOUT + 60 s) and SEQUENCE_STEP_TIMEOUT_SECONDS
 (``--recover-after``), and the sweeps' schedules run every minute instead of five.
@@ -706,13 +710,21 @@ def state() -> dict:
 
 
 def in_hand() -> tuple[dict[str, set[int]], int]:
-    """What the worker holds now: tasks taken from the queue, and the actions, steps and
-    replies it has claimed; and how many tasks it has taken."""
+    """What the worker holds now: tasks taken from the queue, and the events, actions, steps
+    and replies it has claimed; and how many tasks it has taken.
+
+    Its events: those its drains claimed (pending, ``claimed_at`` within
+    crm.drain.DRAIN_CLAIM_TIMEOUT: a live drain renews it, another takes them once it is
+    older): never tried, or tried in the drain's batch with no retry coming yet (a batch
+    writes its retries' schedule every crm.dispatch.OUTCOMES_EVERY_SECONDS); and those
+    named by the retries it took from the queue (``process_events``)."""
     from django.utils import timezone
     from django_q.models import OrmQ
     from django_q.signing import SignedPackage
 
     from agents.models import ConversationMessage
+    from crm.drain import DRAIN_CLAIM_TIMEOUT
+    from crm.models import CrmEvent
     from sequences.models import SequenceStep
     from triggers.models import ActionRun
 
@@ -725,12 +737,15 @@ def in_hand() -> tuple[dict[str, set[int]], int]:
         except Exception:  # not ours to judge: counted as taken all the same
             continue
         func, task_args = task.get("func"), task.get("args") or ()
-        if func == "crm.tasks.process_events" and task_args:
+        if func == "crm.tasks.process_events" and task_args:  # a retry, or the sweeper's
             held["events"].update(task_args[0])
         elif func == "agents.tasks.reply_to_message" and task_args:
             held["messages"].add(task_args[0])
         elif func == "sequences.tasks.run_step" and task_args:
             held["steps"].add(task_args[0])
+    coming, _ = events_coming()
+    claimed = CrmEvent.objects.filter(status="pending", claimed_at__gte=timezone.now() - DRAIN_CLAIM_TIMEOUT)
+    held["events"] |= {pk for pk, attempts in claimed.values_list("id", "attempts") if not attempts or pk not in coming}
     held["actions"] = set(ActionRun.objects.filter(status="running").values_list("id", flat=True))
     held["steps"] |= set(SequenceStep.objects.filter(status="running").values_list("id", flat=True))
     held["messages"] |= set(
@@ -980,9 +995,11 @@ def verdict(args, server: FaultyVendors, world: dict) -> dict:
     if events.count() != args.events:
         problems.append(f"{events.count()} events stored, {args.events} sent")
     if event_status.get("pending"):
-        never, unscheduled, waiting = pending_events()
+        never, unscheduled, waiting, drains = pending_events()
         problems.append(
-            f"{event_status['pending']} events still pending: {len(never)} never tried, {len(waiting)} with a retry "
+            f"{event_status['pending']} events still pending: {len(never)} never tried (e.g. {never[:5]}; "
+            f"{drains} drain tasks queued; crm.drain.drain_kick queues one when they wait unclaimed), "
+            f"{len(waiting)} with a retry "
             f"scheduled or queued, {len(unscheduled)} tried and failed with NO retry scheduled or queued (e.g. "
             f"{unscheduled[:5]}; crm.dispatch.events_sweep re-queues those SWEEP_AFTER after their retry_at)"
         )
@@ -1130,15 +1147,14 @@ def verdict(args, server: FaultyVendors, world: dict) -> dict:
     }
 
 
-def pending_events() -> tuple[list[int], list[int], list[int]]:
-    """The pending events: never tried; tried, and nothing will try again (no retry
-    scheduled, no task queued); tried, and a retry is scheduled or queued."""
+def events_coming() -> tuple[set[int], int]:
+    """The events a retry is coming for: named by a ``crm.tasks.process_events`` schedule
+    not yet run or by such a task in the queue (taken or not); and how many drain tasks
+    (``crm.tasks.drain_events``) are in the queue."""
     import ast
 
     from django_q.models import OrmQ, Schedule
     from django_q.signing import SignedPackage
-
-    from crm.models import CrmEvent
 
     coming: set[int] = set()
     retries = Schedule.objects.filter(func="crm.tasks.process_events").exclude(repeats=0)
@@ -1147,14 +1163,31 @@ def pending_events() -> tuple[list[int], list[int], list[int]]:
             coming.update(ast.literal_eval(text or "()")[0])
         except (ValueError, SyntaxError, IndexError, TypeError):
             continue
+    drains = 0
     for payload in OrmQ.objects.values_list("payload", flat=True):
-        task = SignedPackage.loads(payload)
+        try:
+            task = SignedPackage.loads(payload)
+        except Exception:  # not ours to judge
+            continue
         if task.get("func") == "crm.tasks.process_events" and task.get("args"):
             coming.update(task["args"][0])
+        elif task.get("func") == "crm.tasks.drain_events":
+            drains += 1
+    return coming, drains
+
+
+def pending_events() -> tuple[list[int], list[int], list[int], int]:
+    """The pending events: never tried (drains take those: a queued ``crm.tasks.drain_events``,
+    or the one the worker's dispatcher queues, ``crm.drain.drain_kick``); tried, and nothing
+    will try again (no retry scheduled, no ``process_events`` task queued); tried, and a
+    retry is scheduled or queued. And how many drain tasks are in the queue."""
+    from crm.models import CrmEvent
+
+    coming, drains = events_coming()
     never, unscheduled, waiting = [], [], []
     for pk, attempts in CrmEvent.objects.filter(status="pending").values_list("id", "attempts").order_by("id"):
         (never if not attempts else waiting if pk in coming else unscheduled).append(pk)
-    return never, unscheduled, waiting
+    return never, unscheduled, waiting, drains
 
 
 def log_errors(log: Path) -> Counter[str]:
@@ -1198,7 +1231,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis-url", default="", help="Redis for the rate limiter and cache (never database 0)")
     parser.add_argument("--retry-base", type=float, default=1, help="retry backoff base in the worker, s (1; ships 30)")
     parser.add_argument("--recover-after", type=int, default=60, help="claims count as interrupted after, s (60)")
-    parser.add_argument("--sweep-after", type=int, default=600, help="an event not tried counts as lost after, s (600)")
+    parser.add_argument("--sweep-after", type=int, default=600, help="an event's retry counts as lost after, s (600)")
     parser.add_argument("--q-timeout", type=int, default=60, help="Q_TIMEOUT; a dead worker's task returns +60 s (60)")
     parser.add_argument("--log-level", default="INFO", help="the worker's LOG_LEVEL (INFO)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for everything to end (1800)")
@@ -1325,7 +1358,7 @@ def run(args, work: Path, cleanup: list, worker_box: list[Worker]) -> int:
         f"in the worker only (sitecustomize on its PYTHONPATH; checked: {patched.stdout.strip()}): retry backoff base "
         f"{args.retry_base:g} s instead of 30 (crm.dispatch, sequences.runner), an action claim interrupted after "
         f"{args.recover_after} s instead of 300 (triggers.execution.ACTION_CLAIM_TIMEOUT), a reply lost after "
-        f"{args.recover_after} s instead of 600 (agents.conversations.LOST_AFTER), an event's task lost after "
+        f"{args.recover_after} s instead of 600 (agents.conversations.LOST_AFTER), an event's retry lost after "
         f"{args.sweep_after} s (shipped: 600; crm.dispatch.SWEEP_AFTER); settings: Q_TIMEOUT={args.q_timeout} "
         f"(a dead worker's task comes back after {args.q_timeout + 60} s), SEQUENCE_STEP_TIMEOUT_SECONDS="
         f"{args.recover_after}; {swept} sweep schedules every minute instead of 5; Q_WORKERS={args.workers}, "

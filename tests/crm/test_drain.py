@@ -213,3 +213,36 @@ def test_on_postgresql_drains_claiming_at_once_take_different_events():
 
     taken = [event_id for batch in claims for event_id in batch]
     assert sorted(taken) == ids  # each once
+
+
+seen_during: list[tuple[int, list[str], int]] = []
+
+
+def observe(event) -> None:
+    """A handler that notes, for each event, the statuses of the batch's earlier events
+    and the retries scheduled so far; the first event fails transiently."""
+    from django_q.models import Schedule
+
+    from integrations.errors import TransientError
+
+    earlier = CrmEvent.objects.filter(id__lt=event.id).order_by("id").values_list("status", flat=True)
+    seen_during.append((event.id, list(earlier), Schedule.objects.filter(func="crm.tasks.process_events").count()))
+    if not seen_during[1:]:
+        raise TransientError("the CRM answered 503")
+
+
+def test_a_long_batch_writes_its_outcomes_as_it_goes(kommo, settings, monkeypatch):
+    """A batch slowed by a vendor does not hold its outcomes back: events done and retries
+    are written every OUTCOMES_EVERY_SECONDS, so a worker dying late in a batch makes
+    little run again, and a retry is scheduled without waiting for the sweeper."""
+    settings.CRM_EVENT_HANDLERS = ["tests.crm.test_drain.observe"]
+    monkeypatch.setattr("crm.dispatch.OUTCOMES_EVERY_SECONDS", 0)
+    seen_during.clear()
+    stored(kommo, 3)
+
+    events_drain()
+
+    (first, _, _), (_, second_saw, retries_then), (_, third_saw, _) = seen_during
+    assert second_saw == ["pending"] and retries_then == 1  # the first is retrying: its schedule is written
+    assert third_saw == ["pending", "done"]
+    assert CrmEvent.objects.get(pk=first).attempts == 1
