@@ -146,6 +146,7 @@ def _statements(connection) -> dict[str, str]:
         "select": select.format(**names),
         "insert": "INSERT INTO {table} ({key}, {slots}) VALUES (%s, '') ON CONFLICT ({key}) DO NOTHING".format(**names),
         "update": "UPDATE {table} SET {slots} = %s WHERE {key} = %s".format(**names),
+        "swap": "UPDATE {table} SET {slots} = %s WHERE {key} = %s AND {slots} = %s".format(**names),
     }
 
 
@@ -165,6 +166,34 @@ def _reserve_row(connection, key: str, count: int, window: float) -> Reservation
         kept = [*recent[-(count - 1) :], slot] if count > 1 else [slot]
         cursor.execute(sql["update"], [" ".join(f"{value:.6f}" for value in kept), key])
     return Reservation(slot=slot, now=now)
+
+
+SWAP_TRIES = 20
+
+
+def _reserve_swap(connection, key: str, count: int, window: float) -> Reservation | None:
+    """SQLite, outside a transaction: read the slots, then write them back only if no one
+    changed them meanwhile (compare and swap), again if someone did. The write lock is
+    held for that one statement, not across Python work as a transaction would hold it:
+    with one writer at a time, that is what the other workers wait for. None after
+    SWAP_TRIES lost races (the caller takes the lock instead)."""
+    sql = _statements(connection)
+    with connection.cursor() as cursor:
+        for _ in range(SWAP_TRIES):
+            cursor.execute(sql["select"], [key])
+            row = cursor.fetchone()
+            if row is None:
+                cursor.execute(sql["insert"], [key])
+                continue
+            now = time.time()
+            old = row[0] or ""
+            recent = [float(value) for value in old.split()]
+            slot = next_slot(recent, now, count, window)
+            kept = [*recent[-(count - 1) :], slot] if count > 1 else [slot]
+            cursor.execute(sql["swap"], [" ".join(f"{value:.6f}" for value in kept), key, old])
+            if cursor.rowcount == 1:
+                return Reservation(slot=slot, now=now)
+    return None
 
 
 def _own_connection(connection):
@@ -190,6 +219,10 @@ def _reserve_database(key: str, count: int, window: float) -> Reservation:
             return reservation
         finally:
             own.close()
+    if connection.vendor == "sqlite":
+        reservation = _reserve_swap(connection, key, count, window)
+        if reservation is not None:
+            return reservation
     with transaction.atomic(using=connection.alias):
         return _reserve_row(connection, key, count, window)
 

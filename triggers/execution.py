@@ -32,6 +32,7 @@ logged with the reason. Other triggers of the event go on either way.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -78,6 +79,11 @@ from .schemas import IDEMPOTENT_ACTIONS, KIND_EVENTS, VERIFIABLE_ACTIONS
 logger = logging.getLogger(__name__)
 
 ACTION_CLAIM_TIMEOUT = timedelta(minutes=5)
+# A firing's first action of these types is claimed in the transaction that creates the
+# firing (one write fewer). Should the worker die before doing it, the claim looks like
+# one interrupted mid-action, which for these is safe: a task or note is looked for in
+# the CRM before it is made, a stage, field or tag change is done again.
+PRECLAIMED_ACTIONS = VERIFIABLE_ACTIONS | {"change_stage", "update_field", "add_tags", "remove_tags"}
 UNCONFIRMED_KEY = "unconfirmed_since"  # in ActionRun.result: an attempt's write was not confirmed then
 VERIFY_MARGIN_SECONDS = 60  # looking for a write: from this long before it (clocks differ)
 ERROR_MAX_CHARS = 1000
@@ -448,11 +454,15 @@ def _fire(trigger: Trigger, event: CrmEvent, result: Result, depth: int, cause: 
                 depth=depth,
                 log=log,
             )
-            # every action's row now, so that running them needs no look-ups
-            firing.fresh_runs = ActionRun.objects.bulk_create(
-                ActionRun(firing=firing, index=index, type=action["type"])
-                for index, action in enumerate(firing.actions)
-            )
+            # every action's row now, so that running them needs no look-ups; the first
+            # claimed already when it only writes to the CRM (see PRECLAIMED_ACTIONS)
+            now = timezone.now()
+            runs = [ActionRun(firing=firing, index=index, type=a["type"]) for index, a in enumerate(firing.actions)]
+            if runs and runs[0].type in PRECLAIMED_ACTIONS:
+                runs[0].status, runs[0].attempts, runs[0].claimed_at = ActionRun.Status.RUNNING, 1, now
+            firing.fresh_runs = ActionRun.objects.bulk_create(runs)
+            if runs and runs[0].type in PRECLAIMED_ACTIONS:
+                firing.fresh_runs[0].preclaimed = True
             return firing
     except IntegrityError:  # another worker matched it a moment ago: share its firing
         return TriggerFiring.objects.get(event=event, trigger=trigger)
@@ -484,7 +494,8 @@ def firing_run(firing: TriggerFiring, ctx: action_types.ActionContext, *, final:
         if run.status in (ActionRun.Status.FAILED, ActionRun.Status.NOT_RUN):
             status, error, failed_at = TriggerFiring.Status.FAILED, run.error, index
             break
-        outcome, detail = _run_action(run, action, ctx, final=final)
+        last = index == len(firing.actions) - 1
+        outcome, detail = _run_action(run, action, ctx, final=final, last=last)
         if outcome == "done":
             continue
         if outcome == "busy":
@@ -510,37 +521,44 @@ def _run_row(firing: TriggerFiring, index: int, kind: str) -> ActionRun:
     return run
 
 
-def _run_action(run: ActionRun, action: dict[str, Any], ctx, *, final: bool) -> tuple[str, str]:
-    """Claim and do one action: ("done" | "retry" | "failed" | "busy", detail)."""
+def _run_action(run: ActionRun, action: dict[str, Any], ctx, *, final: bool, last: bool = False) -> tuple[str, str]:
+    """Claim and do one action: ("done" | "retry" | "failed" | "busy", detail). ``last``:
+    the firing's last action, whose "done" ``_finish`` writes with the firing's outcome
+    (one transaction fewer; it follows at once, so a worker dying in between leaves the
+    action "running" exactly as dying just before its own write would)."""
     now = timezone.now()
     ctx.action_key = f"trigger-firing-{run.firing_id}-action-{run.index}"
     # an earlier attempt whose write was not confirmed: look for it before writing again
     ctx.verify_since = (run.result or {}).get(UNCONFIRMED_KEY) if action["type"] in VERIFIABLE_ACTIONS else None
-    if run.status == ActionRun.Status.RUNNING:
-        if run.claimed_at and run.claimed_at > now - ACTION_CLAIM_TIMEOUT:
-            return "busy", f"action {run.index} is being done by another worker"
-        if action["type"] == "send_message":
-            # the message row tells: none — not sent, send it now; "sent" — done; "sending" —
-            # unknown, and deliver() refuses to send it a second time
-            pass
-        elif action["type"] in VERIFIABLE_ACTIONS:
-            # the worker died while doing it: done again only if the CRM does not have it
-            since = int((run.claimed_at or now).timestamp()) - VERIFY_MARGIN_SECONDS
-            ctx.verify_since = min(ctx.verify_since or since, since)
-        elif action["type"] not in IDEMPOTENT_ACTIONS:
-            reason = (
-                "interrupted: the worker stopped while doing it, and whether it reached the lead is not known; "
-                "not done again, so that it is never done twice"
-            )
-            _set(run, status=ActionRun.Status.FAILED, error=reason, finished_at=now)
-            return "failed", reason
-    claimed = ActionRun.objects.filter(pk=run.pk, status=run.status, attempts=run.attempts).update(
-        status=ActionRun.Status.RUNNING, attempts=F("attempts") + 1, claimed_at=now
-    )
-    if not claimed:
-        return "busy", f"action {run.index} was taken by another worker"
-    attempts = run.attempts = run.attempts + 1
-    run.status, run.claimed_at = ActionRun.Status.RUNNING, now
+    if getattr(run, "preclaimed", False):  # claimed by _fire, with the firing: this worker's
+        run.preclaimed = False
+        attempts = run.attempts
+    else:
+        if run.status == ActionRun.Status.RUNNING:
+            if run.claimed_at and run.claimed_at > now - ACTION_CLAIM_TIMEOUT:
+                return "busy", f"action {run.index} is being done by another worker"
+            if action["type"] == "send_message":
+                # the message row tells: none — not sent, send it now; "sent" — done; "sending" —
+                # unknown, and deliver() refuses to send it a second time
+                pass
+            elif action["type"] in VERIFIABLE_ACTIONS:
+                # the worker died while doing it: done again only if the CRM does not have it
+                since = int((run.claimed_at or now).timestamp()) - VERIFY_MARGIN_SECONDS
+                ctx.verify_since = min(ctx.verify_since or since, since)
+            elif action["type"] not in IDEMPOTENT_ACTIONS:
+                reason = (
+                    "interrupted: the worker stopped while doing it, and whether it reached the lead is not known; "
+                    "not done again, so that it is never done twice"
+                )
+                _set(run, status=ActionRun.Status.FAILED, error=reason, finished_at=now)
+                return "failed", reason
+        claimed = ActionRun.objects.filter(pk=run.pk, status=run.status, attempts=run.attempts).update(
+            status=ActionRun.Status.RUNNING, attempts=F("attempts") + 1, claimed_at=now
+        )
+        if not claimed:
+            return "busy", f"action {run.index} was taken by another worker"
+        attempts = run.attempts = run.attempts + 1
+        run.status, run.claimed_at = ActionRun.Status.RUNNING, now
     try:
         result = action_types.HANDLERS[action["type"]](action, ctx)
     except Unconfirmed as exc:
@@ -580,7 +598,13 @@ def _run_action(run: ActionRun, action: dict[str, Any], ctx, *, final: bool) -> 
         reason = f"unexpected error: {type(exc).__name__}"
         _set(run, status=ActionRun.Status.FAILED, error=reason, finished_at=timezone.now())
         return "failed", reason
-    _set(run, status=ActionRun.Status.DONE, result=result, error="", finished_at=timezone.now())
+    done = {"status": ActionRun.Status.DONE, "result": result, "error": "", "finished_at": timezone.now()}
+    if last:
+        for name, value in done.items():
+            setattr(run, name, value)
+        run.unwritten = done
+    else:
+        _set(run, **done)
     return "done", ""
 
 
@@ -643,7 +667,38 @@ def _finish(
 ) -> None:
     outcomes = action_outcomes(firing, runs)
     finished = timezone.now() if status != TriggerFiring.Status.RETRYING else None
+    unwritten = [run for run in (runs or {}).values() if getattr(run, "unwritten", None)]
+    try:
+        _finish_write(firing, ctx, status, error, started, outcomes, finished, unwritten)
+    except DatabaseError:
+        for run in unwritten:  # the action was done: that much is kept if the database allows
+            with contextlib.suppress(DatabaseError):
+                ActionRun.objects.filter(pk=run.pk).update(**run.unwritten)
+        raise
+    for run in unwritten:
+        run.unwritten = None
+    logger.log(
+        logging.WARNING if status == TriggerFiring.Status.FAILED else logging.INFO,
+        "trigger.fired",
+        extra={
+            "firing_id": firing.pk,
+            "trigger_id": firing.trigger_id,
+            "agent_id": ctx.agent.pk,
+            "lead_id": firing.crm_lead_id,
+            "event_id": firing.event_id,
+            "status": status,
+            "actions": ",".join(f"{o['type']}:{o['status']}" for o in outcomes),
+            "duration_ms": int((time.monotonic() - started) * 1000),
+            **({"error": error[:300]} if error else {}),
+        },
+    )
+
+
+def _finish_write(firing, ctx, status, error, started, outcomes, finished, unwritten) -> None:
+    """One transaction: the last action's "done", the firing's outcome, its log, the live event."""
     with transaction.atomic():
+        for run in unwritten:
+            ActionRun.objects.filter(pk=run.pk).update(**run.unwritten)
         TriggerFiring.objects.filter(pk=firing.pk).update(status=status, error=error, finished_at=finished)
         firing.status, firing.error, firing.finished_at = status, error, finished
         if firing.log_id:
@@ -669,18 +724,3 @@ def _finish(
                 "actions": [{"type": o["type"], "status": o["status"]} for o in outcomes],
             },
         )
-    logger.log(
-        logging.WARNING if status == TriggerFiring.Status.FAILED else logging.INFO,
-        "trigger.fired",
-        extra={
-            "firing_id": firing.pk,
-            "trigger_id": firing.trigger_id,
-            "agent_id": ctx.agent.pk,
-            "lead_id": firing.crm_lead_id,
-            "event_id": firing.event_id,
-            "status": status,
-            "actions": ",".join(f"{o['type']}:{o['status']}" for o in outcomes),
-            "duration_ms": int((time.monotonic() - started) * 1000),
-            **({"error": error[:300]} if error else {}),
-        },
-    )

@@ -198,6 +198,32 @@ def test_a_slot_taken_in_a_transaction_that_rolls_back_still_counts(settings):
     assert ratelimit.reserve_slot(key, 1).slot - rolled_back.slot == pytest.approx(window(1), abs=EXACT)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_slot_swapped_in_after_someone_else_took_one_counts_theirs(settings, monkeypatch):
+    """SQLite outside a transaction reads the slots and writes them back only if no one
+    changed them: a reservation that lands in between makes it read again, not overwrite."""
+    if connection.vendor != "sqlite":
+        pytest.skip("the compare-and-swap is SQLite's (PostgreSQL locks the row)")
+    settings.REDIS_URL = ""
+    key, count = new_key(), ratelimit.window_of(1)[0]
+    real, raced = ratelimit.next_slot, []
+
+    def someone_else_first(recent, now, count, window):
+        if not raced:
+            raced.append(True)
+            with transaction.atomic():  # another worker's reservation, between our read and our write
+                raced.append(ratelimit._reserve_row(connection, key, count, window).slot)
+        return real(recent, now, count, window)
+
+    monkeypatch.setattr(ratelimit, "next_slot", someone_else_first)
+    ours = ratelimit.reserve_slot(key, 1).slot
+
+    theirs = raced[1]
+    assert count == 1 and ours >= theirs + window(1) - EXACT  # theirs was seen, not overwritten
+    stored = connection.cursor().execute("SELECT slots FROM integrations_rateslot WHERE key = %s", [key]).fetchone()
+    assert float(stored[0].split()[-1]) == pytest.approx(ours, abs=EXACT)
+
+
 # --- Threads and processes -----------------------------------------------------------------
 
 

@@ -224,10 +224,10 @@ def test_a_crash_between_two_actions_resumes_with_the_second_only(agent, kommo, 
     (event_id,) = deliver(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
     real = execution._run_action
 
-    def die_before_the_second(run, action, ctx, *, final):
+    def die_before_the_second(run, action, ctx, **options):
         if run.index == 1:
             raise WorkerKilled
-        return real(run, action, ctx, final=final)
+        return real(run, action, ctx, **options)
 
     monkeypatch.setattr(execution, "_run_action", die_before_the_second)
     with pytest.raises(WorkerKilled):
@@ -241,6 +241,42 @@ def test_a_crash_between_two_actions_resumes_with_the_second_only(agent, kommo, 
     assert len(calls(crm_api, "/notes")) == 1
     assert [r.status for r in ActionRun.objects.order_by("index")] == ["done", "done"]
     assert TriggerFiring.objects.get().status == "done"
+
+
+def test_the_last_actions_done_is_written_with_the_firing_and_kept_if_that_write_fails(
+    agent, kommo, crm_api, monkeypatch
+):
+    """The last action's "done" goes in the transaction of the firing's outcome (one
+    write fewer). Should that transaction fail, the action is still recorded done, and
+    the retry finishes the firing without doing anything again."""
+    from django.db import OperationalError
+
+    from triggers import execution
+
+    make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[],
+        actions=[{"type": "create_task", "text": "Call"}, {"type": "add_note", "text": "Noted"}],
+    )
+    (event_id,) = deliver(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+    real = execution._finish_write
+
+    def database_gone(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(execution, "_finish_write", database_gone)
+    process_events([event_id])
+    assert [r.status for r in ActionRun.objects.order_by("index")] == ["done", "done"]
+    assert TriggerFiring.objects.get().status == "running"  # its outcome was not written
+    assert CrmEvent.objects.get(pk=event_id).attempts == 1  # retried: the database failed under it
+
+    monkeypatch.setattr(execution, "_finish_write", real)
+    process_events([event_id])
+
+    assert len(calls(crm_api, "/api/v4/tasks")) == 1 and len(calls(crm_api, "/notes")) == 1
+    assert TriggerFiring.objects.get().status == "done"
+    assert CrmEvent.objects.get(pk=event_id).status == "done"
 
 
 def _crash_inside(monkeypatch, kind: str):
@@ -296,6 +332,36 @@ def test_an_interrupted_task_is_looked_for_in_the_crm_and_made_at_most_once(agen
     assert first.status == "done" and first.result.get("found_done", False) is made
     assert second.status == "done" and len(calls(crm_api, "/notes")) == 1
     assert TriggerFiring.objects.get().status == "done"
+
+
+def test_a_first_action_claimed_with_its_firing_and_never_done_is_made_once_after_a_crash(
+    agent, kommo, crm_api, monkeypatch
+):
+    """A firing's first action, when it only writes to the CRM, is claimed in the firing's
+    own transaction. The worker dying before doing it leaves it "running", like one
+    interrupted mid-action: the retry looks for the task in the CRM, then makes it."""
+    from triggers import actions
+
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=[{"type": "create_task", "text": "Call"}])
+    (event_id,) = deliver(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+    real = actions.HANDLERS["create_task"]
+
+    def die_first(action, ctx):
+        raise WorkerKilled
+
+    monkeypatch.setitem(actions.HANDLERS, "create_task", die_first)
+    with pytest.raises(WorkerKilled):
+        process_events([event_id])
+    run = ActionRun.objects.get()
+    assert (run.status, run.attempts) == ("running", 1) and run.claimed_at is not None
+    monkeypatch.setitem(actions.HANDLERS, "create_task", real)
+    _age_claims()
+    crm_api.get(f"{CRM}/api/v4/tasks", json={"_embedded": {"tasks": []}})
+
+    process_events([event_id])
+
+    assert len(calls(crm_api, "/api/v4/tasks", "GET")) == 1 and len(calls(crm_api, "/api/v4/tasks")) == 1
+    assert ActionRun.objects.get().status == "done" and TriggerFiring.objects.get().status == "done"
 
 
 def test_an_interrupted_message_is_not_sent_again(agent, kommo, crm_api, monkeypatch):
