@@ -92,6 +92,8 @@ DATABASES = {
 }
 _db = DATABASES["default"]
 if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # Django's backend, waiting for SQLite's write lock in short steps (config/backends/sqlite3)
+    _db["ENGINE"] = "config.backends.sqlite3"
     _db["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "timeout": 20,

@@ -21,7 +21,7 @@ LIVE_EVENTS_POLL_SECONDS = 0.1
 Q_CLUSTER = {**Q_CLUSTER, "sync": env.bool("Q_SYNC", default=True)}  # noqa: F405
 LOCAL_DIR.mkdir(exist_ok=True)
 Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)  # whitenoise warns when it is missing
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+if DATABASES["default"]["ENGINE"] == "config.backends.sqlite3":
     # A file, not memory, so that tests can start a server or worker process on it; one
     # per test run, so that two runs on one machine do not delete each other's database.
     DATABASES["default"]["TEST"] = {"NAME": str(LOCAL_DIR / f"test-{os.getpid()}.sqlite3")}
