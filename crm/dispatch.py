@@ -80,14 +80,20 @@ def _reason(path: str, exc: BaseException) -> str:
 
 
 def events_process(
-    *, event_ids: Sequence[int], pending_handlers: Mapping[int, Iterable[str]] | None = None, claimed: bool = False
+    *,
+    event_ids: Sequence[int],
+    pending_handlers: Mapping[int, Iterable[str]] | None = None,
+    claimed: bool = False,
+    deadline: float | None = None,
 ) -> dict:
     """Run the handlers on each still-pending event of ``event_ids``, in id order.
 
     ``pending_handlers`` ({event id: handler paths}) limits a retry to the handlers that
     failed transiently; without it every handler runs. ``claimed``: a drain claimed the
     events (crm/drain.py), and its claim on those not yet run is renewed while it works.
-    """
+    ``deadline`` (``time.monotonic()``): claimed events not begun by then are let go, for
+    another drain (a vendor slow enough to make a batch outlast the task's Q_TIMEOUT);
+    they are counted as "released"."""
     handlers = event_handlers()
     events = list(CrmEvent.objects.filter(id__in=event_ids, status=CrmEvent.Status.PENDING).order_by("id"))
     # one load (and one decryption of credentials) per integration, not per event
@@ -101,6 +107,12 @@ def events_process(
     outcomes = _Outcomes()
     try:
         for position, event in enumerate(events):
+            if claimed and deadline is not None and time.monotonic() >= deadline:
+                rest = [later.id for later in events[position:]]
+                CrmEvent.objects.filter(id__in=rest, status=CrmEvent.Status.PENDING).update(claimed_at=None)
+                counts["released"] = len(rest)
+                logger.warning("crm.events.released", extra={"events": len(rest)})
+                break
             if claimed and time.monotonic() - renewed >= CLAIM_RENEW_SECONDS:
                 claims_renew([later.id for later in events[position:]])
                 renewed = time.monotonic()

@@ -16,7 +16,9 @@ A drain:
    and claims the next batch, until none is left. A full batch means a backlog: it then
    queues another drain (unless one waits), which an idle worker process picks up. After
    DRAIN_SECONDS it ends and leaves the rest to that one, so that replies and sequence
-   steps queued meanwhile take their turn during a long burst.
+   steps queued meanwhile take their turn during a long burst. A batch slowed by a vendor
+   is cut short after DRAIN_MAX_SECONDS: the events not begun are let go for another
+   drain, so no drain outlasts django-q2's task timeout.
 
 While a drain runs, the next delivery queues another, which another worker process picks
 up: with Q_WORKERS processes, up to that many drains work at once on their own batches,
@@ -55,6 +57,9 @@ DRAIN_TASK = "crm.tasks.drain_events"
 DRAIN_ROW = 1
 DRAIN_BATCH = 50
 DRAIN_SECONDS = 2.0
+# A drain lets go of the events it has not begun after this long (a slow vendor): it then
+# ends well inside django-q2's Q_TIMEOUT (300 s), which would kill it mid-action
+DRAIN_MAX_SECONDS = 60.0
 DRAIN_CLAIM_TIMEOUT = timedelta(minutes=2)
 CLAIM_RENEW_SECONDS = 30.0  # well inside DRAIN_CLAIM_TIMEOUT
 KICK_AFTER = timedelta(seconds=2)
@@ -116,9 +121,13 @@ def events_drain(*, batch: int = DRAIN_BATCH, seconds: float = DRAIN_SECONDS) ->
         more = len(ids) == batch
         if more:  # a backlog: another worker process may join in (one drain waits, at most)
             drain_request()
-        for outcome, n in events_process(event_ids=ids, claimed=True).items():
-            counts[outcome] += n
+        done = events_process(event_ids=ids, claimed=True, deadline=started + DRAIN_MAX_SECONDS)
+        for outcome, n in done.items():
+            counts[outcome] = counts.get(outcome, 0) + n
         counts["batches"] += 1
+        if done.get("released"):  # out of time within the batch: the rest for another drain
+            drain_request()
+            break
         if not more:
             break  # events stored after the claim queued a drain of their own
         if time.monotonic() - started >= seconds:

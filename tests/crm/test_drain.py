@@ -246,3 +246,19 @@ def test_a_long_batch_writes_its_outcomes_as_it_goes(kommo, settings, monkeypatc
     assert second_saw == ["pending"] and retries_then == 1  # the first is retrying: its schedule is written
     assert third_saw == ["pending", "done"]
     assert CrmEvent.objects.get(pk=first).attempts == 1
+
+
+def test_a_batch_slowed_by_a_vendor_lets_go_of_what_it_has_not_begun(kommo, recorded, monkeypatch):
+    """After DRAIN_MAX_SECONDS a drain stops taking the next event of its batch: those it
+    has not begun are unclaimed at once for another drain (queued now), so a slow CRM
+    never keeps a drain past django-q2's task timeout."""
+    monkeypatch.setattr(Conf, "SYNC", False)
+    monkeypatch.setattr(drain, "DRAIN_MAX_SECONDS", 0)
+    ids = stored(kommo, 3)
+
+    counts = events_drain()
+
+    assert counts["released"] == 3 and counts["done"] == 0
+    assert list(CrmEvent.objects.filter(id__in=ids).values_list("claimed_at", flat=True)) == [None] * 3
+    assert queued() == ["crm.tasks.drain_events"]
+    assert events_claim(10) == ids  # another drain takes them at once
