@@ -8,13 +8,13 @@ Outcomes, per event:
 * every handler returned → ``done`` (``processed_at`` set);
 * a handler raised TransientError or RateLimited, or the database failed under it →
   that handler is tried again later, the others are not: the event stays ``pending``
-  with ``retry_at`` set (in the same statement as its attempt count), and a one-off
-  django-q2 schedule runs ``crm.tasks.process_events`` for it with the handlers still to
-  run, after ``retry_delay(attempts)`` (30 s, 2 min, 8 min, 32 min; longer when the CRM
-  asked for it with Retry-After). The cluster looks at schedules about every 30 s. If
-  that schedule is lost (the worker or the database went down before it was written),
-  the sweeper runs the event once ``retry_at`` is SWEEP_AFTER overdue. After
-  MAX_ATTEMPTS runs it counts as failed;
+  with ``retry_at`` set, and a one-off django-q2 schedule runs
+  ``crm.tasks.process_events`` for it with the handlers still to run, after
+  ``retry_delay(attempts)`` (30 s, 2 min, 8 min, 32 min; longer when the CRM asked for it
+  with Retry-After); the attempt count, ``retry_at`` and the schedule are written in one
+  transaction. The cluster looks at schedules about every 30 s. If that schedule is lost
+  anyway (deleted, or its task died), the sweeper runs the event once ``retry_at`` is
+  SWEEP_AFTER overdue. After MAX_ATTEMPTS runs it counts as failed;
 * a handler raised anything else → the other handlers still run, the event ends
   ``failed`` with the reason, and the failure goes to the agent's execution log.
 
@@ -32,7 +32,7 @@ from functools import lru_cache
 from typing import TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -55,7 +55,7 @@ MAX_ATTEMPTS = 5
 RETRY_BASE_SECONDS = 30
 RETRY_FACTOR = 4
 ERROR_MAX_CHARS = 1000
-OUTCOMES_EVERY_SECONDS = 1.0  # a batch's outcomes are written at least this often
+OUTCOMES_EVERY_SECONDS = 1.0  # a batch's events done are marked at least this often
 
 
 def retry_delay(attempts: int, retry_after: float | None = None) -> float:
@@ -117,9 +117,9 @@ def events_process(
                 claims_renew([later.id for later in events[position:]])
                 renewed = time.monotonic()
             only = set(pending_handlers[event.id]) if pending_handlers and event.id in pending_handlers else None
-            outcome, transient, retry_after = _run_handlers(event, handlers, only)
+            outcome = _run_handlers(event, handlers, only)
             counts[outcome] += 1
-            outcomes.add(event, outcome, transient, retry_after)
+            outcomes.add(event, outcome)
             if outcomes.due():
                 outcomes.write()
     finally:
@@ -129,24 +129,17 @@ def events_process(
 
 
 class _Outcomes:
-    """What a batch's events came to, written every OUTCOMES_EVERY_SECONDS and at its end
-    rather than one write each: the events done (one statement), and the retries (one
-    schedule). Should the worker die before a write, the events done since the last one
-    are run again (handlers take an event twice), and the retries' are found by the
-    sweeper through their ``retry_at``."""
+    """The batch's events done, marked every OUTCOMES_EVERY_SECONDS and at its end in one
+    statement rather than one each. Should the worker die before a write, the events done
+    since the last one are run again (handlers take an event twice)."""
 
     def __init__(self) -> None:
         self.done: list[int] = []
-        self.retries: dict[int, list[str]] = {}
-        self.retry_in = 0.0
         self.written = time.monotonic()
 
-    def add(self, event: CrmEvent, outcome: str, transient: list[str], retry_after: float | None) -> None:
+    def add(self, event: CrmEvent, outcome: str) -> None:
         if outcome == "done":
             self.done.append(event.id)
-        if transient:
-            self.retries[event.id] = transient
-            self.retry_in = max(self.retry_in, retry_delay(event.attempts, retry_after))
 
     def due(self) -> bool:
         return time.monotonic() - self.written >= OUTCOMES_EVERY_SECONDS
@@ -158,14 +151,6 @@ class _Outcomes:
                 attempts=F("attempts") + 1, status=CrmEvent.Status.DONE, processed_at=timezone.now(), error=""
             )
             self.done = []
-        if self.retries:
-            retries, self.retries, retry_in, self.retry_in = self.retries, {}, self.retry_in, 0.0
-            schedule(
-                PROCESS_TASK,
-                sorted(retries),
-                pending_handlers=retries,
-                next_run=timezone.now() + timedelta(seconds=retry_in),
-            )
 
 
 class Batch:
@@ -194,12 +179,9 @@ def batch_load(event: CrmEvent, key: str, load: Callable[[list[CrmEvent]], T]) -
     return batch.loaded[key]
 
 
-def _run_handlers(
-    event: CrmEvent, handlers: Sequence[tuple[str, Handler]], only: set[str] | None
-) -> tuple[str, list[str], float | None]:
-    """Run the handlers on one event and record the outcome on it.
-
-    Returns (outcome, handlers to retry, the longest Retry-After asked for)."""
+def _run_handlers(event: CrmEvent, handlers: Sequence[tuple[str, Handler]], only: set[str] | None) -> str:
+    """Run the handlers on one event and record the outcome on it (a retry with its
+    schedule; "done" is the caller's to write); returns the outcome."""
     started = time.monotonic()
     transient: list[str] = []
     permanent: list[tuple[str, BaseException]] = []
@@ -225,12 +207,14 @@ def _run_handlers(
     if transient and attempts < MAX_ATTEMPTS and not permanent:
         event.attempts, event.error = attempts, last_transient
         event.retry_at = timezone.now() + timedelta(seconds=retry_delay(attempts, retry_after))
-        base.update(attempts=F("attempts") + 1, error=last_transient, retry_at=event.retry_at)
+        with transaction.atomic():  # the attempt and its retry's schedule: both or neither
+            base.update(attempts=F("attempts") + 1, error=last_transient, retry_at=event.retry_at)
+            schedule(PROCESS_TASK, [event.id], pending_handlers={event.id: transient}, next_run=event.retry_at)
         logger.warning("crm.event.retrying", extra={"event_id": event.id, "attempts": attempts})
-        return "retrying", transient, retry_after
+        return "retrying"
     if not transient and not permanent:  # written by the caller, with the batch's others
         event.attempts, event.status, event.processed_at = attempts, CrmEvent.Status.DONE, timezone.now()
-        return "done", [], None
+        return "done"
     # A permanent failure ends the event even when another handler failed only
     # transiently (rare: two handlers broken on one event); the error names both.
     reasons = [_reason(path, exc) for path, exc in permanent]
@@ -259,7 +243,7 @@ def _run_handlers(
         error=error,
         duration_ms=int((time.monotonic() - started) * 1000),
     )
-    return "failed", [], None
+    return "failed"
 
 
 SWEEP_AFTER = timedelta(minutes=10)

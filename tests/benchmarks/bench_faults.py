@@ -715,9 +715,9 @@ def in_hand() -> tuple[dict[str, set[int]], int]:
 
     Its events: those its drains claimed (pending, ``claimed_at`` within
     crm.drain.DRAIN_CLAIM_TIMEOUT: a live drain renews it, another takes them once it is
-    older): never tried, or tried in the drain's batch with no retry coming yet (a batch
-    writes its retries' schedule every crm.dispatch.OUTCOMES_EVERY_SECONDS); and those
-    named by the retries it took from the queue (``process_events``)."""
+    older): never tried, or tried with no retry coming (written with the attempt, so only
+    if the schedule was lost); and those named by the retries it took from the queue
+    (``process_events``)."""
     from django.utils import timezone
     from django_q.models import OrmQ
     from django_q.signing import SignedPackage

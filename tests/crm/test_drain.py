@@ -232,9 +232,9 @@ def observe(event) -> None:
 
 
 def test_a_long_batch_writes_its_outcomes_as_it_goes(kommo, settings, monkeypatch):
-    """A batch slowed by a vendor does not hold its outcomes back: events done and retries
-    are written every OUTCOMES_EVERY_SECONDS, so a worker dying late in a batch makes
-    little run again, and a retry is scheduled without waiting for the sweeper."""
+    """A batch slowed by a vendor does not hold its outcomes back: a retry is scheduled
+    with its attempt, and the events done are marked every OUTCOMES_EVERY_SECONDS, so a
+    worker dying late in a batch makes little run again and loses no retry."""
     settings.CRM_EVENT_HANDLERS = ["tests.crm.test_drain.observe"]
     monkeypatch.setattr("crm.dispatch.OUTCOMES_EVERY_SECONDS", 0)
     seen_during.clear()
