@@ -17,13 +17,16 @@ pytestmark = [
 ]
 
 
-def other_writer_holds_the_lock(seconds: float, started: threading.Event) -> threading.Thread:
-    """Another connection to the database file takes the write lock for ``seconds``."""
+def other_writer_holds_the_lock(seconds: float, started: threading.Event, *, exclusive=False) -> threading.Thread:
+    """Another connection to the database file takes the write lock for ``seconds``
+    (``exclusive``: locks out readers too, as a checkpoint or a recovery does)."""
 
     def hold() -> None:
         other = sqlite3.connect(connection.settings_dict["NAME"])  # the test database's file
         try:
-            other.execute("BEGIN IMMEDIATE")
+            if exclusive:
+                other.execute("PRAGMA locking_mode = EXCLUSIVE")
+            other.execute("BEGIN EXCLUSIVE")
             started.set()
             time.sleep(seconds)
             other.rollback()
@@ -40,6 +43,21 @@ def test_the_busy_handler_of_sqlite_is_off_and_the_backends_wait_is_on():
     connection.ensure_connection()
     assert isinstance(connection.cursor().cursor, base.SQLiteCursorWrapper)
     assert connection.lock_timeout == settings.DATABASES["default"]["OPTIONS"]["timeout"]
+    assert connection.connection.execute("PRAGMA busy_timeout").fetchone() == (0,)
+
+
+def test_a_new_connection_is_made_while_another_process_writes():
+    """The connection's set-up (PRAGMA journal_mode=WAL) waits for the lock too: a worker
+    connecting while another writes must not fail with "database is locked"."""
+    connection.close()
+    holder = other_writer_holds_the_lock(0.2, threading.Event(), exclusive=True)
+    try:
+        connection.ensure_connection()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert cursor.fetchone() == (1,)
+    finally:
+        holder.join()
 
 
 def test_a_write_waits_for_the_lock_in_short_steps_and_then_succeeds():

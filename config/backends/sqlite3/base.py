@@ -59,10 +59,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         super().__init__(*args, **kwargs)
         self.lock_timeout = float((self.settings_dict.get("OPTIONS") or {}).get("timeout", 5.0))
 
-    def get_connection_params(self):
-        params = super().get_connection_params()
-        params["timeout"] = 0  # SQLite's own busy handler off: _patiently waits instead
-        return params
+    def get_new_connection(self, conn_params):
+        # SQLite's own busy handler waits through the connection's set-up (init_command's
+        # PRAGMA journal_mode takes a lock), then is turned off: _patiently waits instead
+        connection = super().get_new_connection(conn_params)
+        connection.execute("PRAGMA busy_timeout = 0")
+        return connection
 
     def create_cursor(self, name=None):
         cursor = self.connection.cursor(factory=SQLiteCursorWrapper)
