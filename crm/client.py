@@ -359,6 +359,7 @@ class KommoClient:
                 error = TransientError(f"Kommo {what}: timed out")
             except requests.ConnectionError as exc:
                 error = TransientError(f"Kommo {what}: connection failed ({type(exc).__name__})")
+                sent = not http.never_connected(exc)
             except requests.RequestException as exc:
                 raise PermanentError(f"Kommo {what}: the request could not be sent ({type(exc).__name__})") from None
             else:

@@ -77,6 +77,18 @@ def retry_after(response: requests.Response) -> float | None:
             return None
 
 
+def never_connected(exc: requests.ConnectionError) -> bool:
+    """Whether a connection error came before anything was sent: the connection was
+    refused, had no route, or the name did not resolve (a connection reset after the
+    request left is not this: the vendor may have got it)."""
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, NewConnectionError)
+
+
 def unconfirmed_if_sent(error: IntegrationError, write_sent: bool) -> IntegrationError:
     """The error a client raises for its last attempt: a transient failure (a timeout, a
     dropped connection, a 5xx) of a write that was sent becomes ``Unconfirmed``, since the

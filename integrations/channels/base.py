@@ -287,7 +287,8 @@ class Transport:
         except requests.Timeout:
             return None, TransientError(f"{self.vendor} {what}: timed out"), True
         except requests.ConnectionError as exc:
-            return None, TransientError(f"{self.vendor} {what}: connection failed ({type(exc).__name__})"), True
+            error = TransientError(f"{self.vendor} {what}: connection failed ({type(exc).__name__})")
+            return None, error, not http.never_connected(exc)
         except requests.RequestException as exc:
             error = PermanentError(f"{self.vendor} {what}: the request could not be sent ({type(exc).__name__})")
             return None, error, False

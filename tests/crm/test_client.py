@@ -276,6 +276,25 @@ def test_a_post_that_never_reached_kommo_is_retried(kommo, client):
     assert len(kommo.calls) == 2
 
 
+def refused(url: str) -> requests.ConnectionError:
+    """What requests raises when the connection is refused: nothing was sent."""
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    return requests.ConnectionError(MaxRetryError(None, url, NewConnectionError(None, "Connection refused")))
+
+
+def test_a_post_whose_connection_was_refused_is_retried_and_one_reset_after_sending_is_not(kommo, client):
+    url = f"{BASE}/api/v4/leads/18425309/notes"
+    kommo.post(url, body=refused(url))
+    kommo.post(url, json=fixture("note_created"))
+    assert client.add_note(lead_id=18425309, text="The customer asked for a call") == 42709325
+    assert len(kommo.calls) == 2
+
+    kommo.post(url, body=requests.ConnectionError("Connection aborted.", "RemoteDisconnected"))
+    with pytest.raises(Unconfirmed, match="connection failed"):
+        client.add_note(lead_id=18425309, text="Again")
+
+
 def test_a_429_on_a_post_is_retried_since_it_was_refused(kommo, client, sleeps):
     kommo.post(f"{BASE}/api/v4/tasks", status=429, headers={"Retry-After": "1"})
     kommo.post(f"{BASE}/api/v4/tasks", json=fixture("task_created"))

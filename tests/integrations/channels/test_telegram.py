@@ -251,6 +251,17 @@ def test_a_5xx_on_send_is_not_retried_since_the_message_may_have_gone(api, clien
     assert len(api.calls) == 1 and sleeps == []
 
 
+def test_a_send_whose_connection_was_refused_is_retried(api, client, sleeps):
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    api.post(SEND, body=requests.ConnectionError(MaxRetryError(None, SEND, NewConnectionError(None, "refused"))))
+    api.post(SEND, json=fixture_json("telegram_send_message_ok.json"))
+
+    client.send_message(CHAT, "hello")
+
+    assert len(api.calls) == 2
+
+
 def test_a_5xx_on_get_me_is_retried(api, client, sleeps):
     api.post(f"{BASE}/bot{TOKEN}/getMe", status=500, json=error(500, "Internal Server Error"))
     api.post(f"{BASE}/bot{TOKEN}/getMe", json=fixture_json("telegram_get_me_ok.json"))
