@@ -260,6 +260,14 @@ def _insert_new(rows: list[dict[str, Any]], *, using: str) -> dict[str, int]:
     connection = connections[using]
     if connection.vendor not in ("postgresql", "sqlite"):
         raise NotImplementedError(f"webhook intake needs PostgreSQL or SQLite, not {connection.vendor}")
+    sql, params = _insert_statement(rows, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {key: pk for pk, key in cursor.fetchall()}
+
+
+def _insert_statement(rows: list[dict[str, Any]], connection) -> tuple[str, list[Any]]:
+    """``INSERT … ON CONFLICT DO NOTHING RETURNING id, dedupe_key`` of the rows, and its parameters."""
     meta = CrmEvent._meta
     fields = [meta.get_field(name) for name in _INSERT_FIELDS]
     qn = connection.ops.quote_name
@@ -273,9 +281,7 @@ def _insert_new(rows: list[dict[str, Any]], *, using: str) -> dict[str, int]:
     params: list[Any] = []
     for row in rows:
         params.extend(field.get_db_prep_save(row[field.name], connection) for field in fields)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return {key: pk for pk, key in cursor.fetchall()}
+    return sql, params
 
 
 def _drain_mark(*, using: str) -> bool:
@@ -345,22 +351,15 @@ def _insert_new_and_queue(rows: list[dict[str, Any]], *, using: str) -> dict[str
     qn = connection.ops.quote_name
     capture = _Capture()
     async_task(DRAIN_TASK, save=False, broker=capture)
-    fields = [meta.get_field(name) for name in _INSERT_FIELDS]
-    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    insert, params = _insert_statement(rows, connection)
     queue = OrmQ._meta
     sql = (
-        f"WITH new AS (INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
-        f"VALUES {', '.join([placeholders] * len(rows))} "
-        f"ON CONFLICT ({qn('integration_id')}, {qn('dedupe_key')}) DO NOTHING "
-        f"RETURNING {qn(meta.pk.column)}, {qn('dedupe_key')}), "
+        f"WITH new AS ({insert}), "
         f"{_drain_mark_ctes(qn, ' AND EXISTS (SELECT 1 FROM new)')}, "
         f"queued AS (INSERT INTO {qn(queue.db_table)} ({qn('key')}, {qn('payload')}, {qn('lock')}) "
         f"SELECT %s, %s, %s WHERE EXISTS (SELECT 1 FROM marked) OR EXISTS (SELECT 1 FROM made)) "
         f"SELECT {qn(meta.pk.column)}, {qn('dedupe_key')} FROM new"
     )
-    params: list[Any] = []
-    for row in rows:
-        params.extend(field.get_db_prep_save(row[field.name], connection) for field in fields)
     params += _drain_mark_params(connection)
     # as django-q2's ORM broker writes a task (django_q/brokers/orm.py)
     params += [capture.list_key or Conf.CLUSTER_NAME, capture.package, timezone.now()]

@@ -16,18 +16,9 @@ from crm import drain
 from crm.dispatch import events_process
 from crm.drain import DRAIN_CLAIM_TIMEOUT, DRAIN_STALE, KICK_AFTER, drain_kick, events_claim, events_drain
 from crm.models import CrmEvent, EventDrain
-from tests.crm import recording_handlers as recording
 from tests.factories import make_agent, make_integration
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def recorded(settings):
-    settings.CRM_EVENT_HANDLERS = [recording.FIRST]
-    recording.reset()
-    yield recording.calls
-    recording.reset()
 
 
 @pytest.fixture

@@ -39,15 +39,6 @@ def kommo(agent):
 
 
 @pytest.fixture
-def recorded(settings):
-    """Handlers that record their calls, instead of the configured ones."""
-    settings.CRM_EVENT_HANDLERS = [recording.FIRST]
-    recording.reset()
-    yield recording.calls
-    recording.reset()
-
-
-@pytest.fixture
 def client():
     return Client()
 
