@@ -62,6 +62,18 @@ def deliver(integration, data: bytes) -> list[int]:
     return list(stored.event_ids)
 
 
+def task_and_note_event(agent, integration) -> int:
+    """A trigger that makes a task, then a note; and a stored event that fires it (not run yet)."""
+    make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[],
+        actions=[{"type": "create_task", "text": "Call"}, {"type": "add_note", "text": "Noted"}],
+    )
+    (event_id,) = deliver(integration, lead_form("status", status_id=WON, old_status_id=NEW))
+    return event_id
+
+
 def run(integration, data: bytes) -> list[int]:
     ids = deliver(integration, data)
     process_events(ids)
@@ -215,13 +227,7 @@ class WorkerKilled(BaseException):
 def test_a_crash_between_two_actions_resumes_with_the_second_only(agent, kommo, crm_api, monkeypatch):
     from triggers import execution
 
-    make_trigger(
-        agent,
-        event="lead_status_changed",
-        conditions=[],
-        actions=[{"type": "create_task", "text": "Call"}, {"type": "add_note", "text": "Noted"}],
-    )
-    (event_id,) = deliver(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+    event_id = task_and_note_event(agent, kommo)
     real = execution._run_action
 
     def die_before_the_second(run, action, ctx, **options):
@@ -253,13 +259,7 @@ def test_the_last_actions_done_is_written_with_the_firing_and_kept_if_that_write
 
     from triggers import execution
 
-    make_trigger(
-        agent,
-        event="lead_status_changed",
-        conditions=[],
-        actions=[{"type": "create_task", "text": "Call"}, {"type": "add_note", "text": "Noted"}],
-    )
-    (event_id,) = deliver(kommo, lead_form("status", status_id=WON, old_status_id=NEW))
+    event_id = task_and_note_event(agent, kommo)
     real = execution._finish_write
 
     def database_gone(*args, **kwargs):
