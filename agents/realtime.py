@@ -59,13 +59,30 @@ def send_event_on_commit(*, owner_id: int, type: str, payload: dict[str, Any]) -
     return event
 
 
-def _deliver(event: LiveEvent) -> None:
+def send_events_on_commit(events: list[dict[str, Any]]) -> list[LiveEvent]:
+    """``send_event_on_commit`` for many events (dicts of its arguments): one insert, and
+    one hand-over to the channel layer on commit."""
+    if not events:
+        return []
+    stored = LiveEvent.objects.bulk_create([LiveEvent(**event) for event in events])
+    if layer_is_shared():
+        transaction.on_commit(lambda: _deliver(*stored))
+    return stored
+
+
+def _deliver(*events: LiveEvent) -> None:
+    async def send() -> None:
+        layer = get_channel_layer()
+        for event in events:
+            try:
+                await layer.group_send(group_name(event.owner_id), {"type": "live.event", "event": as_message(event)})
+            except Exception:  # the change is committed; a lost push must not fail it
+                logger.exception("realtime.deliver.failed", extra={"event_id": event.id})
+
     try:
-        async_to_sync(get_channel_layer().group_send)(
-            group_name(event.owner_id), {"type": "live.event", "event": as_message(event)}
-        )
-    except Exception:  # the change is committed; a lost push must not fail it
-        logger.exception("realtime.deliver.failed", extra={"event_id": event.id})
+        async_to_sync(send)()
+    except Exception:
+        logger.exception("realtime.deliver.failed", extra={"event_ids": [event.id for event in events]})
 
 
 class DatabaseRelay:

@@ -1,10 +1,10 @@
 """Helpers shared by every app's services."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from django.db import models
+from django.db import DEFAULT_DB_ALIAS, connections, models
 
 M = TypeVar("M", bound=models.Model)
 
@@ -24,3 +24,39 @@ def model_save(instance: M, data: Mapping[str, Any], *, allowed: Iterable[str]) 
     instance.full_clean()
     instance.save()
     return instance
+
+
+ROWS_UPDATE_CHUNK = 500
+
+
+def rows_update(objects: Sequence[models.Model], fields: Sequence[str], *, using: str = DEFAULT_DB_ALIAS) -> None:
+    """Write ``fields`` of each object to its row (what ``bulk_update`` does) in one plain
+    statement per ROWS_UPDATE_CHUNK objects: the new values as a VALUES list joined to
+    the table by primary key (UPDATE … FROM; SQLite 3.33+, PostgreSQL). Django's
+    ``bulk_update`` builds a CASE expression per field and row instead, which costs more
+    Python time than the database spends on the statement."""
+    if not objects:
+        return
+    connection = connections[using]
+    ops = connection.ops
+    meta = objects[0]._meta
+    columns = [meta.pk] + [meta.get_field(name) for name in fields]
+    names = [f"c{n}" for n in range(len(columns))]
+    if connection.vendor == "postgresql":  # the VALUES list's types are not inferred from the table
+        row = "(" + ", ".join(f"%s::{field.db_type(connection)}" for field in columns) + ")"
+    else:
+        row = "(" + ", ".join("%s" for _ in columns) + ")"
+    table = ops.quote_name(meta.db_table)
+    assignments = ", ".join(
+        f"{ops.quote_name(field.column)} = v.{name}" for field, name in zip(columns[1:], names[1:], strict=True)
+    )
+    joined = f"{table}.{ops.quote_name(meta.pk.column)} = v.{names[0]}"
+    with connection.cursor() as cursor:
+        for start in range(0, len(objects), ROWS_UPDATE_CHUNK):
+            chunk = objects[start : start + ROWS_UPDATE_CHUNK]
+            params = [field.get_db_prep_save(getattr(o, field.attname), connection) for o in chunk for field in columns]
+            cursor.execute(
+                f"WITH v ({', '.join(names)}) AS (VALUES {', '.join([row] * len(chunk))}) "
+                f"UPDATE {table} SET {assignments} FROM v WHERE {joined}",
+                params,
+            )

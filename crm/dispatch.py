@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from functools import lru_cache
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[CrmEvent], None]
 T = TypeVar("T")
+W = TypeVar("W", bound="BatchWriter")
 
 PROCESS_TASK = "crm.tasks.process_events"
 MAX_ATTEMPTS = 5
@@ -104,11 +105,13 @@ def events_process(
     for event in events:
         event.integration = integrations[event.integration_id]
         event.batch = batch
-    outcomes = _Outcomes()
+    outcomes = _Outcomes(batch)
     try:
         for position, event in enumerate(events):
             if claimed and deadline is not None and time.monotonic() >= deadline:
                 rest = [later.id for later in events[position:]]
+                for writer in batch.writers.values():
+                    writer.release(rest)
                 CrmEvent.objects.filter(id__in=rest, status=CrmEvent.Status.PENDING).update(claimed_at=None)
                 counts["released"] = len(rest)
                 logger.warning("crm.events.released", extra={"events": len(rest)})
@@ -130,10 +133,12 @@ def events_process(
 
 class _Outcomes:
     """The batch's events done, marked every OUTCOMES_EVERY_SECONDS and at its end in one
-    statement rather than one each. Should the worker die before a write, the events done
+    statement rather than one each, in one transaction with what the handlers put off
+    until then (``batch_writer``). Should the worker die before a write, the events done
     since the last one are run again (handlers take an event twice)."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
         self.done: list[int] = []
         self.written = time.monotonic()
 
@@ -146,22 +151,58 @@ class _Outcomes:
 
     def write(self) -> None:
         self.written = time.monotonic()
-        if self.done:
-            CrmEvent.objects.filter(id__in=self.done).update(
-                attempts=F("attempts") + 1, status=CrmEvent.Status.DONE, processed_at=timezone.now(), error=""
-            )
-            self.done = []
+        writers = [writer for writer in self.batch.writers.values() if writer.pending()]
+        if not self.done and not writers:
+            return
+        try:
+            with transaction.atomic():
+                for writer in writers:
+                    writer.write()
+                if self.done:
+                    CrmEvent.objects.filter(id__in=self.done).update(
+                        attempts=F("attempts") + 1, status=CrmEvent.Status.DONE, processed_at=timezone.now(), error=""
+                    )
+        except DatabaseError:
+            for writer in writers:
+                writer.salvage()
+            raise
+        self.done = []
+
+
+class BatchWriter(Protocol):
+    """What a handler puts off for its batch (``batch_writer``)."""
+
+    def pending(self) -> bool:
+        """Anything to write."""
+
+    def write(self) -> None:
+        """Write it, inside the transaction that marks the batch's events done (the
+        handler's part comes first); called at least every OUTCOMES_EVERY_SECONDS, before
+        an event's failure or retry is recorded, and at the batch's end."""
+
+    def salvage(self) -> None:
+        """That transaction failed: keep what matters most, each write on its own, and
+        forget the rest (the events are run again)."""
+
+    def release(self, event_ids: list[int]) -> None:
+        """These events are let go unbegun (``deadline``), for another drain."""
 
 
 class Batch:
     """The events processed together (a drain's batch, a retry's). A handler that reads
-    the same kind of rows for each event reads them once for all: ``batch_load``."""
+    the same kind of rows for each event reads them once for all (``batch_load``), and
+    may put writes off to the batch's next outcome write (``batch_writer``)."""
 
-    __slots__ = ("events", "loaded")
+    __slots__ = ("events", "loaded", "writers")
 
     def __init__(self, events: list[CrmEvent]) -> None:
         self.events = events
         self.loaded: dict[str, object] = {}
+        self.writers: dict[str, BatchWriter] = {}
+
+    def write_deferred(self) -> None:
+        """What the handlers put off, in one transaction, now."""
+        _Outcomes(self).write()
 
 
 def batch_load(event: CrmEvent, key: str, load: Callable[[list[CrmEvent]], T]) -> T | None:
@@ -177,6 +218,17 @@ def batch_load(event: CrmEvent, key: str, load: Callable[[list[CrmEvent]], T]) -
     if key not in batch.loaded:
         batch.loaded[key] = load(batch.events)
     return batch.loaded[key]
+
+
+def batch_writer(event: CrmEvent, key: str, make: Callable[[Batch], W]) -> W | None:
+    """The batch's writer for ``key`` (``make(batch)`` the first time), or None for an
+    event handled outside a batch (the caller writes at once)."""
+    batch = getattr(event, "batch", None)
+    if batch is None:
+        return None
+    if key not in batch.writers:
+        batch.writers[key] = make(batch)
+    return batch.writers[key]  # type: ignore[return-value]
 
 
 def _run_handlers(event: CrmEvent, handlers: Sequence[tuple[str, Handler]], only: set[str] | None) -> str:
@@ -204,6 +256,9 @@ def _run_handlers(event: CrmEvent, handlers: Sequence[tuple[str, Handler]], only
             permanent.append((path, exc))
     attempts = event.attempts + 1
     base = CrmEvent.objects.filter(pk=event.pk)
+    if (transient or permanent) and getattr(event, "batch", None) is not None:
+        # what its handlers put off goes first: a failed event is not run again to redo it
+        event.batch.write_deferred()
     if transient and attempts < MAX_ATTEMPTS and not permanent:
         event.attempts, event.error = attempts, last_transient
         event.retry_at = timezone.now() + timedelta(seconds=retry_delay(attempts, retry_after))

@@ -38,9 +38,9 @@ import json
 import logging
 import operator
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -51,10 +51,11 @@ from django.utils import timezone
 
 from agents.ai.errors import AIError, AIPermanentError
 from agents.models import Agent, ExecutionLog
-from agents.realtime import send_event_on_commit
+from agents.realtime import send_events_on_commit
 from agents.schemas import parse_schedule
 from agents.services import execution_logs_insert
-from crm.dispatch import MAX_ATTEMPTS, batch_load
+from config.services import rows_update
+from crm.dispatch import MAX_ATTEMPTS, Batch, batch_load, batch_writer
 from crm.models import CrmEvent
 from integrations.errors import IntegrationError, NotFound, PermanentError, RateLimited, TransientError, Unconfirmed
 from integrations.models import Integration
@@ -87,6 +88,9 @@ PRECLAIMED_ACTIONS = VERIFIABLE_ACTIONS | {"change_stage", "update_field", "add_
 UNCONFIRMED_KEY = "unconfirmed_since"  # in ActionRun.result: an attempt's write was not confirmed then
 VERIFY_MARGIN_SECONDS = 60  # looking for a write: from this long before it (clocks differ)
 ERROR_MAX_CHARS = 1000
+# In a batch, an event is decided with the events that follow it, up to this many in all:
+# their lead states, skips, firings and action rows are written together (_BatchWork)
+PLAN_AHEAD = 25
 LEAD_KINDS = frozenset({"lead_added", "lead_updated", "lead_status_changed", "lead_responsible_changed"})
 CONTACT_KINDS = frozenset({"contact_added", "contact_updated"})
 
@@ -102,38 +106,52 @@ def agent_zone(agent: Agent) -> ZoneInfo:
 def remember_state(event: CrmEvent) -> dict[str, list] | None:
     """Store the values this event shows for its lead or contact; return the values they
     replaced (None when unknown: the first event seen, or an older one arriving late)."""
-    if event.kind in LEAD_KINDS:
-        entity_type, values = "lead", lead_values(lead_from_webhook(event.data))
-    elif event.kind in CONTACT_KINDS:
-        entity_type, values = "contact", contact_values(contact_from_webhook(event.data))
-    else:
-        return None
-    if not event.entity_id:
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _remember_sql(connection),
-            [
-                event.integration_id,
-                entity_type,
-                event.entity_id,
-                json.dumps(values),
-                event.id,
-                connection.ops.adapt_datetimefield_value(timezone.now()),
-            ],
-        )
-        previous, event_id = cursor.fetchone()
-    if event_id != event.id:
-        return None  # a later event was seen already
-    # a new row (None); the values this event replaced; or, for this event again (a
-    # retry), the same change as the first time
-    return json.loads(previous) if isinstance(previous, str) else previous
+    return remember_states([event]).get(event.pk)
+
+
+def remember_states(events: list[CrmEvent]) -> dict[int, dict[str, list] | None]:
+    """``remember_state`` of each event, in their order: {event id: the values replaced}.
+    One statement per round: an entity seen n times among the events takes n rounds."""
+    rounds: list[list[tuple[CrmEvent, str, dict]]] = []
+    sightings: Counter = Counter()
+    for event in events:
+        if event.kind in LEAD_KINDS:
+            entity_type, values = "lead", lead_values(lead_from_webhook(event.data))
+        elif event.kind in CONTACT_KINDS:
+            entity_type, values = "contact", contact_values(contact_from_webhook(event.data))
+        else:
+            continue
+        if not event.entity_id:
+            continue
+        seen = sightings[(event.integration_id, entity_type, event.entity_id)]
+        sightings[(event.integration_id, entity_type, event.entity_id)] += 1
+        if seen == len(rounds):
+            rounds.append([])
+        rounds[seen].append((event, entity_type, values))
+    remembered: dict[int, dict[str, list] | None] = {}
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    for rows in rounds:
+        params: list[Any] = []
+        for event, entity_type, values in rows:
+            params += [event.integration_id, entity_type, event.entity_id, json.dumps(values), event.id, now]
+        with connection.cursor() as cursor:
+            cursor.execute(_remember_statement(connection.vendor, connection.ops.quote_name, len(rows)), params)
+            returned = {(row[0], row[1], row[2]): (row[3], row[4]) for row in cursor.fetchall()}
+        for event, entity_type, _ in rows:
+            previous, event_id = returned[(event.integration_id, entity_type, event.entity_id)]
+            if event_id != event.id:
+                remembered[event.id] = None  # a later event was seen already
+            else:
+                # a new row (None); the values this event replaced; or, for this event
+                # again (a retry), the same change as the first time
+                remembered[event.id] = json.loads(previous) if isinstance(previous, str) else previous
+    return remembered
 
 
 @functools.cache
-def _remember_statement(vendor: str, quote: Callable[[str], str]) -> str:
-    """One statement, atomic under concurrent workers: the row moves to this event's
-    values only when it has not seen this event or a later one."""
+def _remember_statement(vendor: str, quote: Callable[[str], str], rows: int = 1) -> str:
+    """One statement for ``rows`` entities, atomic under concurrent workers: a row moves
+    to an event's values only when it has not seen that event or a later one."""
     table = quote(EntityState._meta.db_table)
     integration, entity_type, entity_id, values, previous, event_id, updated_at = (
         quote(EntityState._meta.get_field(name).column)
@@ -145,18 +163,15 @@ def _remember_statement(vendor: str, quote: Callable[[str], str]) -> str:
     def moved(column: str, to: str) -> str:
         return f"{column} = CASE WHEN {newer} THEN {to} ELSE {table}.{column} END"
 
+    row = f"(%s, %s, %s, {json_value}, NULL, %s, %s)"
     return (
         f"INSERT INTO {table} ({integration}, {entity_type}, {entity_id}, {values}, {previous}, {event_id}, "
-        f"{updated_at}) VALUES (%s, %s, %s, {json_value}, NULL, %s, %s) "
+        f"{updated_at}) VALUES {', '.join([row] * rows)} "
         f"ON CONFLICT ({integration}, {entity_type}, {entity_id}) DO UPDATE SET "
         f"{moved(previous, f'{table}.{values}')}, {moved(values, f'EXCLUDED.{values}')}, "
         f"{moved(updated_at, f'EXCLUDED.{updated_at}')}, {moved(event_id, f'EXCLUDED.{event_id}')} "
-        f"RETURNING {previous}, {event_id}"
+        f"RETURNING {integration}, {entity_type}, {entity_id}, {previous}, {event_id}"
     )
-
-
-def _remember_sql(db) -> str:
-    return _remember_statement(db.vendor, db.ops.quote_name)
 
 
 def lead_loader(integration: Integration, lead_id: int | None):
@@ -241,75 +256,204 @@ def _int(value: Any) -> int | None:
 
 def run_triggers(event: CrmEvent) -> None:
     """The CRM event handler (settings.CRM_EVENT_HANDLERS)."""
+    if event.integration.integration_type != Integration.Type.KOMMO:
+        return
+    work = batch_writer(event, "triggers", _BatchWork)
+    if work is None:  # alone: decided and written now
+        plan = _plan(event, remember_state(event))
+        if plan is not None:
+            _record([plan])
+    else:  # in a batch: decided and written with the next events (_BatchWork)
+        plan = work.plan(event)
+    if plan is None:
+        return
+    if plan.error is not None:  # what was decided before it is kept; the rest is retried
+        raise plan.error
+    final = event.attempts + 1 >= MAX_ATTEMPTS
+    retry: IntegrationError | None = None
+    for trigger, firing in plan.to_run:
+        ctx = action_types.ActionContext(
+            agent=plan.agent,
+            kommo=event.integration,
+            facts=plan.facts,
+            lead_id=event.lead_id,
+            depth=plan.depth,
+            trigger_id=trigger.pk,
+            reference=f"trigger:{trigger.pk}:event:{event.pk}",
+        )
+        try:
+            firing_run(firing, ctx, final=final, later=work)
+        except (TransientError, RateLimited) as exc:
+            retry = exc
+    if retry is not None:
+        raise retry
+
+
+class _Plan:
+    """One event's decisions before they are written: the skips to log, and per candidate
+    trigger in order its firing (an earlier attempt's) or the match to fire."""
+
+    __slots__ = ("event", "agent", "facts", "cause", "depth", "started", "skipped", "decided", "to_run", "error")
+
+    def __init__(self, event: CrmEvent, agent: Agent, facts: Facts, cause: Cause | None, started: float) -> None:
+        self.event, self.agent, self.facts, self.cause, self.started = event, agent, facts, cause, started
+        self.depth = cause.depth if cause else 0
+        self.skipped: list[ExecutionLog] = []
+        self.decided: list[tuple[Trigger, TriggerFiring | Result]] = []
+        self.to_run: list[tuple[Trigger, TriggerFiring]] = []
+        self.error: Exception | None = None
+
+
+def _plan(event: CrmEvent, previous: dict[str, list] | None) -> _Plan | None:
+    """Steps 2–4 without writing: None when no active trigger listens to the event. A
+    failure midway (a CRM read, retried later) is kept in ``error``, with what was decided
+    before it."""
     event_name = KIND_EVENTS.get(event.kind)
-    integration = event.integration
-    if integration.integration_type != Integration.Type.KOMMO:
-        return
-    previous = remember_state(event)
     if event_name is None:
-        return
-    triggers = _candidates(event, integration.agent_id, event_name)
+        return None
+    triggers = _candidates(event, event.integration.agent_id, event_name)
     if not triggers:
-        return
+        return None
     agent = event_agent(event)
     if not agent.active:
-        return
+        return None
     started = time.monotonic()
     facts = event_facts(event, agent, previous)
     cause = find_cause(
-        integration_id=integration.pk,
+        integration_id=event.integration_id,
         lead_id=event.lead_id,
         kind=event.kind,
         event_id=event.pk,
         facts=facts,
         recent=_own_changes(event),
     )
-    depth = cause.depth if cause else 0
+    plan = _Plan(event, agent, facts, cause, started)
     firings = _firings(event)
     logged = _skips_logged(event) if event.attempts else set()
-    skipped: list[ExecutionLog] = []
-    decided: list[tuple[Trigger, TriggerFiring | Result]] = []  # in trigger order: a firing, or a match to fire
-    to_run: list[tuple[Trigger, TriggerFiring]] = []
     try:
         for trigger in triggers:
             firing = firings.get(trigger.pk)
             if firing is not None:
-                decided.append((trigger, firing))
+                plan.decided.append((trigger, firing))
                 continue
             result, why_not = _decide(trigger, facts, cause)
             if why_not is not None:
                 if trigger.pk not in logged:  # a retry does not log a skip twice
-                    skipped.append(_skip_entry(trigger, event, why_not, cause, started))
+                    plan.skipped.append(_skip_entry(trigger, event, why_not, cause, started))
                 continue
-            decided.append((trigger, result))
-    finally:  # a CRM read failing midway (retried later) keeps what was decided before it
-        if skipped or any(isinstance(item, Result) for _, item in decided):
-            with transaction.atomic():  # the skips and the new firings: one commit
-                execution_logs_insert(entries=skipped)
-                for trigger, item in decided:
-                    if isinstance(item, Result):
-                        item = _fire(trigger, event, item, depth, cause)
-                    to_run.append((trigger, item))
-        else:
-            to_run = [(trigger, item) for trigger, item in decided]
-    final = event.attempts + 1 >= MAX_ATTEMPTS
-    retry: IntegrationError | None = None
-    for trigger, firing in to_run:
-        ctx = action_types.ActionContext(
-            agent=agent,
-            kommo=integration,
-            facts=facts,
-            lead_id=event.lead_id,
-            depth=depth,
-            trigger_id=trigger.pk,
-            reference=f"trigger:{trigger.pk}:event:{event.pk}",
-        )
+            plan.decided.append((trigger, result))
+    except Exception as exc:
+        plan.error = exc
+    return plan
+
+
+def _record(plans: list[_Plan]) -> None:
+    """Write the plans' skips and new firings in one transaction, and set their
+    ``to_run``. Should a firing exist already (another worker matched the same event a
+    moment ago), each is written on its own and shares that worker's."""
+    matches = [
+        (trigger, plan.event, item, plan.depth, plan.cause)
+        for plan in plans
+        for trigger, item in plan.decided
+        if isinstance(item, Result)
+    ]
+    skipped = [entry for plan in plans for entry in plan.skipped]
+    fired: dict[tuple[int, int], TriggerFiring] = {}
+    if skipped or matches:
         try:
-            firing_run(firing, ctx, final=final)
-        except (TransientError, RateLimited) as exc:
-            retry = exc
-    if retry is not None:
-        raise retry
+            with transaction.atomic():
+                execution_logs_insert(entries=skipped)
+                fired = _fire_all(matches)
+        except IntegrityError:
+            with transaction.atomic():
+                execution_logs_insert(entries=skipped)
+                for trigger, event, result, depth, cause in matches:
+                    fired[(event.pk, trigger.pk)] = _fire(trigger, event, result, depth, cause)
+    for plan in plans:
+        plan.to_run = [
+            (trigger, fired[(plan.event.pk, trigger.pk)] if isinstance(item, Result) else item)
+            for trigger, item in plan.decided
+        ]
+        plan.skipped, plan.decided = [], []
+
+
+class _BatchWork:
+    """The trigger engine's part of a batch of events (crm.dispatch.Batch).
+
+    Decisions: the first event not yet decided is decided with the PLAN_AHEAD that follow
+    it: their lead states in one statement per round (``remember_states``), their skips,
+    firings, logs and action rows in one transaction (``_record``). Not the whole batch at
+    once: a worker killed midway leaves at most that many events whose first action is
+    claimed but not begun (taken up again after ACTION_CLAIM_TIMEOUT).
+
+    Outcomes: a firing whose actions all got done is not finished at once: its last
+    action's "done", its outcome, its log and its live event are written for the batch's
+    done firings together, in the transaction that marks the batch's events done (every
+    OUTCOMES_EVERY_SECONDS, crm/dispatch.py). A worker dying first leaves them as dying
+    just before the write always did: the events run again and the last action is found
+    interrupted. A firing that failed or is to be retried is written at once, as alone."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.plans: dict[int, _Plan | None] = {}
+        self.done: list[tuple[TriggerFiring, ExecutionLog | None, dict, list[ActionRun]]] = []
+        self.writing: list[tuple[TriggerFiring, ExecutionLog | None, dict, list[ActionRun]]] = []
+
+    def plan(self, event: CrmEvent) -> _Plan | None:
+        if event.pk not in self.plans:
+            events = self.batch.events
+            at = next(n for n, e in enumerate(events) if e.pk == event.pk)
+            ahead = [
+                e for e in events[at : at + PLAN_AHEAD] if e.pk not in self.plans
+                and e.integration.integration_type == Integration.Type.KOMMO
+            ]
+            previous = remember_states(ahead)
+            plans = {e.pk: _plan(e, previous.get(e.pk)) for e in ahead}
+            _record([plan for plan in plans.values() if plan is not None])
+            self.plans.update(plans)
+        return self.plans.pop(event.pk)
+
+    # -- crm.dispatch.BatchWriter ---------------------------------------------------------
+
+    def finished(
+        self, firing: TriggerFiring, log: ExecutionLog | None, live: dict, unwritten: list[ActionRun]
+    ) -> None:
+        self.done.append((firing, log, live, unwritten))
+
+    def pending(self) -> bool:
+        return bool(self.done)
+
+    def write(self) -> None:
+        done, self.done = self.done, []
+        self.writing = done  # until the transaction commits: what salvage() keeps
+        runs = [run for *_, unwritten in done for run in unwritten]
+        rows_update(runs, ["status", "result", "error", "finished_at"])
+        rows_update([firing for firing, *_ in done], ["status", "error", "finished_at"])
+        rows_update([log for _, log, *_ in done if log is not None], _LOG_FIELDS)
+        send_events_on_commit([live for _, _, live, _ in done])
+
+    def salvage(self) -> None:
+        done, self.writing, self.done = self.writing + self.done, [], []
+        for *_, unwritten in done:
+            for run in unwritten:  # the action was done: that much is kept if the database allows
+                with contextlib.suppress(DatabaseError):
+                    ActionRun.objects.filter(pk=run.pk).update(**run.unwritten)
+
+    def release(self, event_ids: list[int]) -> None:
+        """The first actions claimed with their firings, of events let go unbegun: pending
+        again, for the drain that takes the events."""
+        runs = [
+            run.pk
+            for event_id in event_ids
+            if (plan := self.plans.pop(event_id, None)) is not None
+            for _, firing in plan.to_run
+            for run in getattr(firing, "fresh_runs", ())
+            if getattr(run, "preclaimed", False)
+        ]
+        if runs:
+            ActionRun.objects.filter(pk__in=runs, status=ActionRun.Status.RUNNING, attempts=1).update(
+                status=ActionRun.Status.PENDING, attempts=0, claimed_at=None
+            )
 
 
 def _candidates(event: CrmEvent, agent_id: int, event_name: str) -> list[Trigger]:
@@ -429,7 +573,24 @@ def _skip_entry(
 def _fire(trigger: Trigger, event: CrmEvent, result: Result, depth: int, cause: Cause | None) -> TriggerFiring:
     try:
         with transaction.atomic():
-            log = ExecutionLog.objects.create(
+            (firing,) = _fire_all([(trigger, event, result, depth, cause)]).values()
+            return firing
+    except IntegrityError:  # another worker matched it a moment ago: share its firing
+        return TriggerFiring.objects.get(event=event, trigger=trigger)
+
+
+def _fire_all(
+    matches: list[tuple[Trigger, CrmEvent, Result, int, Cause | None]],
+) -> dict[tuple[int, int], TriggerFiring]:
+    """The matches' firings, {(event id, trigger id): firing}, each with its log entry
+    and every action's row (so that running them needs no look-ups), one insert of each
+    kind; the first action already claimed when it only writes to the CRM (see
+    PRECLAIMED_ACTIONS). The caller holds the transaction."""
+    if not matches:
+        return {}
+    logs = ExecutionLog.objects.bulk_create(
+        [
+            ExecutionLog(
                 agent_id=trigger.agent_id,
                 kind=ExecutionLog.Kind.TRIGGER,
                 status=ExecutionLog.Status.STARTED,
@@ -444,7 +605,12 @@ def _fire(trigger: Trigger, event: CrmEvent, result: Result, depth: int, cause: 
                     **({"cause": cause.as_dict()} if cause else {}),
                 },
             )
-            firing = TriggerFiring.objects.create(
+            for trigger, event, result, _, cause in matches
+        ]
+    )
+    firings = TriggerFiring.objects.bulk_create(
+        [
+            TriggerFiring(
                 trigger=trigger,
                 event=event,
                 agent_id=trigger.agent_id,
@@ -454,18 +620,21 @@ def _fire(trigger: Trigger, event: CrmEvent, result: Result, depth: int, cause: 
                 depth=depth,
                 log=log,
             )
-            # every action's row now, so that running them needs no look-ups; the first
-            # claimed already when it only writes to the CRM (see PRECLAIMED_ACTIONS)
-            now = timezone.now()
-            runs = [ActionRun(firing=firing, index=index, type=a["type"]) for index, a in enumerate(firing.actions)]
-            if runs and runs[0].type in PRECLAIMED_ACTIONS:
-                runs[0].status, runs[0].attempts, runs[0].claimed_at = ActionRun.Status.RUNNING, 1, now
-            firing.fresh_runs = ActionRun.objects.bulk_create(runs)
-            if runs and runs[0].type in PRECLAIMED_ACTIONS:
-                firing.fresh_runs[0].preclaimed = True
-            return firing
-    except IntegrityError:  # another worker matched it a moment ago: share its firing
-        return TriggerFiring.objects.get(event=event, trigger=trigger)
+            for (trigger, event, result, depth, _), log in zip(matches, logs, strict=True)
+        ]
+    )
+    now = timezone.now()
+    runs: list[ActionRun] = []
+    for firing in firings:
+        firing.fresh_runs = [
+            ActionRun(firing=firing, index=index, type=action["type"]) for index, action in enumerate(firing.actions)
+        ]
+        if firing.fresh_runs and firing.fresh_runs[0].type in PRECLAIMED_ACTIONS:
+            first = firing.fresh_runs[0]
+            first.status, first.attempts, first.claimed_at, first.preclaimed = ActionRun.Status.RUNNING, 1, now, True
+        runs += firing.fresh_runs
+    ActionRun.objects.bulk_create(runs)
+    return {(firing.event_id, firing.trigger_id): firing for firing in firings}
 
 
 # --- running a firing ----------------------------------------------------------------------
@@ -475,9 +644,12 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]
 
 
-def firing_run(firing: TriggerFiring, ctx: action_types.ActionContext, *, final: bool = False) -> str:
+def firing_run(
+    firing: TriggerFiring, ctx: action_types.ActionContext, *, final: bool = False, later: _BatchWork | None = None
+) -> str:
     """Do what is left of the firing's actions; returns the firing's status. Raises
-    TransientError when an action should be tried again later (unless ``final``)."""
+    TransientError when an action should be tried again later (unless ``final``).
+    ``later``: a firing done is finished with its batch's others (``_BatchWork``)."""
     if firing.status in (TriggerFiring.Status.DONE, TriggerFiring.Status.FAILED):
         return firing.status
     started = time.monotonic()
@@ -510,7 +682,7 @@ def firing_run(firing: TriggerFiring, ctx: action_types.ActionContext, *, final:
         break
     if failed_at is not None:
         _not_run(firing, failed_at + 1, runs)
-    _finish(firing, ctx, status, error, started, runs)
+    _finish(firing, ctx, status, error, started, runs, later)
     if retry is not None:
         raise retry
     return status
@@ -663,20 +835,32 @@ def action_outcomes(firing: TriggerFiring, runs: dict[int, ActionRun] | None = N
 
 
 def _finish(
-    firing: TriggerFiring, ctx, status: str, error: str, started: float, runs: dict[int, ActionRun] | None
+    firing: TriggerFiring,
+    ctx,
+    status: str,
+    error: str,
+    started: float,
+    runs: dict[int, ActionRun] | None,
+    later: _BatchWork | None = None,
 ) -> None:
     outcomes = action_outcomes(firing, runs)
     finished = timezone.now() if status != TriggerFiring.Status.RETRYING else None
     unwritten = [run for run in (runs or {}).values() if getattr(run, "unwritten", None)]
-    try:
-        _finish_write(firing, ctx, status, error, started, outcomes, finished, unwritten)
-    except DatabaseError:
-        for run in unwritten:  # the action was done: that much is kept if the database allows
-            with contextlib.suppress(DatabaseError):
-                ActionRun.objects.filter(pk=run.pk).update(**run.unwritten)
-        raise
-    for run in unwritten:
-        run.unwritten = None
+    firing.status, firing.error, firing.finished_at = status, error, finished
+    log = _finished_log(firing, outcomes, finished, started) if firing.log_id else None
+    live = _live_event(firing, ctx, outcomes)
+    if later is not None and status == TriggerFiring.Status.DONE:
+        later.finished(firing, log, live, unwritten)
+    else:
+        try:
+            _finish_write(firing, log, live, unwritten)
+        except DatabaseError:
+            for run in unwritten:  # the action was done: that much is kept if the database allows
+                with contextlib.suppress(DatabaseError):
+                    ActionRun.objects.filter(pk=run.pk).update(**run.unwritten)
+            raise
+        for run in unwritten:
+            run.unwritten = None
     logger.log(
         logging.WARNING if status == TriggerFiring.Status.FAILED else logging.INFO,
         "trigger.fired",
@@ -694,33 +878,46 @@ def _finish(
     )
 
 
-def _finish_write(firing, ctx, status, error, started, outcomes, finished, unwritten) -> None:
+def _finished_log(firing: TriggerFiring, outcomes: list, finished: datetime | None, started: float) -> ExecutionLog:
+    """The firing's log entry with its outcome (not saved): the one _fire wrote is still
+    in memory; an older firing's is read."""
+    log = firing.log if TriggerFiring.log.is_cached(firing) else ExecutionLog.objects.get(pk=firing.log_id)
+    log.status = _LOG_STATUS[firing.status]
+    log.error = firing.error
+    log.detail = {**log.detail, "firing_id": firing.pk, "actions": outcomes}
+    log.duration_ms = (log.duration_ms or 0) + int((time.monotonic() - started) * 1000)
+    log.finished_at = finished
+    return log
+
+
+def _live_event(firing: TriggerFiring, ctx, outcomes: list) -> dict[str, Any]:
+    return {
+        "owner_id": ctx.agent.owner_id,
+        "type": "trigger.fired",
+        "payload": {
+            "firing_id": firing.pk,
+            "trigger_id": firing.trigger_id,
+            "agent_id": ctx.agent.pk,
+            "lead_id": firing.crm_lead_id,
+            "event_id": firing.event_id,
+            "status": firing.status,
+            "error": firing.error,
+            "actions": [{"type": o["type"], "status": o["status"]} for o in outcomes],
+        },
+    }
+
+
+_LOG_FIELDS = ["status", "error", "detail", "duration_ms", "finished_at"]
+
+
+def _finish_write(firing: TriggerFiring, log: ExecutionLog | None, live: dict, unwritten: list[ActionRun]) -> None:
     """One transaction: the last action's "done", the firing's outcome, its log, the live event."""
     with transaction.atomic():
         for run in unwritten:
             ActionRun.objects.filter(pk=run.pk).update(**run.unwritten)
-        TriggerFiring.objects.filter(pk=firing.pk).update(status=status, error=error, finished_at=finished)
-        firing.status, firing.error, firing.finished_at = status, error, finished
-        if firing.log_id:
-            # the log _fire just wrote is still in memory; an older firing's is read
-            log = firing.log if TriggerFiring.log.is_cached(firing) else ExecutionLog.objects.get(pk=firing.log_id)
-            log.status = _LOG_STATUS[status]
-            log.error = error
-            log.detail = {**log.detail, "firing_id": firing.pk, "actions": outcomes}
-            log.duration_ms = (log.duration_ms or 0) + int((time.monotonic() - started) * 1000)
-            log.finished_at = finished
-            log.save(update_fields=["status", "error", "detail", "duration_ms", "finished_at"])
-        send_event_on_commit(
-            owner_id=ctx.agent.owner_id,
-            type="trigger.fired",
-            payload={
-                "firing_id": firing.pk,
-                "trigger_id": firing.trigger_id,
-                "agent_id": ctx.agent.pk,
-                "lead_id": firing.crm_lead_id,
-                "event_id": firing.event_id,
-                "status": status,
-                "error": error,
-                "actions": [{"type": o["type"], "status": o["status"]} for o in outcomes],
-            },
+        TriggerFiring.objects.filter(pk=firing.pk).update(
+            status=firing.status, error=firing.error, finished_at=firing.finished_at
         )
+        if log is not None:
+            log.save(update_fields=_LOG_FIELDS)
+        send_events_on_commit([live])

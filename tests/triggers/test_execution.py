@@ -252,9 +252,9 @@ def test_a_crash_between_two_actions_resumes_with_the_second_only(agent, kommo, 
 def test_the_last_actions_done_is_written_with_the_firing_and_kept_if_that_write_fails(
     agent, kommo, crm_api, monkeypatch
 ):
-    """The last action's "done" goes in the transaction of the firing's outcome (one
-    write fewer). Should that transaction fail, the action is still recorded done, and
-    the retry finishes the firing without doing anything again."""
+    """Alone (outside a batch), the last action's "done" goes in the transaction of the
+    firing's outcome (one write fewer). Should that transaction fail, the action is still
+    recorded done, and the retry finishes the firing without doing anything again."""
     from django.db import OperationalError
 
     from triggers import execution
@@ -265,18 +265,134 @@ def test_the_last_actions_done_is_written_with_the_firing_and_kept_if_that_write
     def database_gone(*args, **kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 
+    def alone():
+        execution.run_triggers(CrmEvent.objects.select_related("integration").get(pk=event_id))
+
     monkeypatch.setattr(execution, "_finish_write", database_gone)
-    process_events([event_id])
+    with pytest.raises(OperationalError):
+        alone()
     assert [r.status for r in ActionRun.objects.order_by("index")] == ["done", "done"]
     assert TriggerFiring.objects.get().status == "running"  # its outcome was not written
-    assert CrmEvent.objects.get(pk=event_id).attempts == 1  # retried: the database failed under it
 
     monkeypatch.setattr(execution, "_finish_write", real)
+    alone()
+
+    assert len(calls(crm_api, "/api/v4/tasks")) == 1 and len(calls(crm_api, "/notes")) == 1
+    assert TriggerFiring.objects.get().status == "done"
+    assert LiveEvent.objects.filter(type="trigger.fired").count() == 1
+
+
+def test_in_a_batch_a_done_firing_is_written_with_the_events_done_and_its_actions_kept_if_that_fails(
+    agent, kommo, crm_api, monkeypatch
+):
+    """In a batch, the done firings' outcomes are written in the transaction that marks
+    the events done. Should it fail, the actions are still recorded done one by one, the
+    event is not done, and running it again finishes the firing without acting again."""
+    from django.db import OperationalError
+
+    from triggers import execution
+
+    event_id = task_and_note_event(agent, kommo)
+    real = execution._BatchWork.write
+
+    def database_gone(self):
+        real(self)  # the statements run, then the commit fails
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(execution._BatchWork, "write", database_gone)
+    with pytest.raises(OperationalError):
+        process_events([event_id])
+    assert [r.status for r in ActionRun.objects.order_by("index")] == ["done", "done"]
+    assert TriggerFiring.objects.get().status == "running"  # its outcome was rolled back
+    assert LiveEvent.objects.filter(type="trigger.fired").count() == 0
+    event = CrmEvent.objects.get(pk=event_id)
+    assert (event.status, event.attempts) == ("pending", 0)
+
+    monkeypatch.setattr(execution._BatchWork, "write", real)
     process_events([event_id])
 
     assert len(calls(crm_api, "/api/v4/tasks")) == 1 and len(calls(crm_api, "/notes")) == 1
     assert TriggerFiring.objects.get().status == "done"
+    assert ExecutionLog.objects.get(kind="trigger").status == "success"
+    assert LiveEvent.objects.filter(type="trigger.fired").count() == 1
     assert CrmEvent.objects.get(pk=event_id).status == "done"
+
+
+def test_a_batch_writes_its_events_firings_and_outcomes_together(agent, kommo, crm_api):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make_trigger(
+        agent,
+        event="lead_status_changed",
+        conditions=[changed_to(WON)],
+        actions=[{"type": "add_note", "text": "Won"}],
+    )
+    make_trigger(agent, event="lead_status_changed", conditions=[changed_to(NEW)], actions=[])
+    leads = [LEAD + n for n in range(1, 7)]
+    for lead in leads:
+        crm_api.post(f"{CRM}/api/v4/leads/{lead}/notes", json={"_embedded": {"notes": [{"id": lead}]}})
+    ids = [i for lead in leads for i in deliver(kommo, won_form(lead))]
+
+    type(kommo).objects.filter(pk=kommo.pk).update(status="connected")  # no status change to announce
+    with CaptureQueriesContext(connection) as queries:
+        process_events(ids)
+
+    def statements(what: str) -> int:
+        return sum(1 for q in queries.captured_queries if what in q["sql"])
+
+    assert TriggerFiring.objects.filter(status="done").count() == 6
+    assert ExecutionLog.objects.filter(kind="trigger", status="success").count() == 6
+    assert ExecutionLog.objects.filter(kind="trigger", status="skipped").count() == 6
+    assert LiveEvent.objects.filter(type="trigger.fired").count() == 6
+    assert len(calls(crm_api, "/notes")) == 6
+    assert statements('INSERT INTO "triggers_entitystate"') == 1
+    assert statements('INSERT INTO "triggers_triggerfiring"') == 1
+    assert statements('INSERT INTO "triggers_actionrun"') == 1
+    assert statements('INSERT INTO "agents_executionlog"') == 2  # the skips, the firings' entries
+    assert statements('UPDATE "triggers_triggerfiring"') == 1
+    assert statements('UPDATE "triggers_actionrun"') == 1
+    assert statements('UPDATE "agents_executionlog"') == 1
+    assert statements('INSERT INTO "agents_liveevent"') == 1
+
+
+def test_events_let_go_unbegun_have_their_claimed_first_actions_pending_again(agent, kommo, crm_api):
+    """A batch slowed by a vendor lets go of the events it has not begun (crm/dispatch.py):
+    their firings are written already, and the first action claimed with each is given
+    back, so that the drain taking the events does it at once."""
+    from crm.dispatch import events_process
+
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=[{"type": "add_note", "text": "Hi"}])
+    leads = [LEAD + n for n in range(1, 4)]
+
+    def slow(request):
+        time.sleep(0.4)
+        return 200, {}, json.dumps({"_embedded": {"notes": [{"id": 1}]}})
+
+    for lead in leads:
+        crm_api.add_callback(responses.POST, f"{CRM}/api/v4/leads/{lead}/notes", callback=slow)
+    ids = [i for lead in leads for i in deliver(kommo, won_form(lead))]
+    CrmEvent.objects.filter(pk__in=ids).update(claimed_at=timezone_now())
+
+    counts = events_process(event_ids=ids, claimed=True, deadline=time.monotonic() + 0.2)
+
+    assert counts["released"] == 2 and counts["done"] == 1
+    assert TriggerFiring.objects.count() == 3  # decided together
+    runs = ActionRun.objects.filter(firing__event_id__in=ids[1:])
+    assert [(r.status, r.attempts, r.claimed_at) for r in runs] == [("pending", 0, None)] * 2
+    process_events(ids[1:])
+    assert len(calls(crm_api, "/notes")) == 3
+    assert set(ActionRun.objects.values_list("status", flat=True)) == {"done"}
+
+
+def won_form(lead_id: int) -> bytes:
+    return lead_form("status", lead_id=lead_id, status_id=WON, old_status_id=NEW)
+
+
+def timezone_now():
+    from django.utils import timezone
+
+    return timezone.now()
 
 
 def _crash_inside(monkeypatch, kind: str):
@@ -729,3 +845,25 @@ def test_a_crm_read_failing_midway_is_retried_and_each_skip_logged_once(agent, k
     skipped = sorted(ExecutionLog.objects.filter(kind="trigger", status="skipped").values_list("ref_id", flat=True))
     assert skipped == sorted([first.id, needs_contact.id])
     assert CrmEvent.objects.get(pk=event_id).status == "done"
+
+
+def test_lead_states_of_a_batch_are_remembered_in_order_one_statement_a_round(kommo, django_assert_num_queries):
+    """Two events of one lead in a batch: the second sees what the first showed. A lead
+    seen twice takes a second round (one statement can change a row only once)."""
+    from triggers.execution import remember_states
+
+    first, second = deliver(kommo, lead_form("update", price=100, modified=1717079000)), deliver(
+        kommo, lead_form("update", price=200, modified=1717079100)
+    )
+    (other,) = deliver(kommo, lead_form("update", lead_id=LEAD + 1, price=5))
+    events = list(CrmEvent.objects.filter(pk__in=first + second + [other]).order_by("id"))
+
+    with django_assert_num_queries(2):
+        previous = remember_states(events)
+
+    assert previous[first[0]] is None and previous[other] is None  # never seen before
+    assert previous[second[0]]["price"] == [100]
+    # run again (a retry): the first is older than what the row holds now, the second
+    # sees the same change as the first time
+    again = remember_states(events)
+    assert again[first[0]] is None and again[second[0]]["price"] == [100]
