@@ -24,6 +24,7 @@ event twice; they are never called again for an event they handled, short of tha
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -106,8 +107,10 @@ def events_process(
         event.integration = integrations[event.integration_id]
         event.batch = batch
     outcomes = _Outcomes(batch)
+    begun = 0
     try:
         for position, event in enumerate(events):
+            begun = position + 1
             if claimed and deadline is not None and time.monotonic() >= deadline:
                 rest = [later.id for later in events[position:]]
                 for writer in batch.writers.values():
@@ -125,6 +128,13 @@ def events_process(
             outcomes.add(event, outcome)
             if outcomes.due():
                 outcomes.write()
+    except BaseException:
+        # what the handlers prepared for the events not begun is given back (a worker
+        # killed outright gives nothing back: that is what the claim timeouts are for)
+        with contextlib.suppress(DatabaseError):
+            for writer in batch.writers.values():
+                writer.release([later.id for later in events[begun:]])
+        raise
     finally:
         outcomes.write()
     logger.info("crm.events.processed", extra={"events": len(events), **counts})
@@ -182,7 +192,8 @@ class BatchWriter(Protocol):
 
     def salvage(self) -> None:
         """That transaction failed: keep what matters most, each write on its own, and
-        forget the rest (the events are run again)."""
+        keep the rest pending for the next write (or, should none come, the events are
+        run again)."""
 
     def release(self, event_ids: list[int]) -> None:
         """These events are let go unbegun (``deadline``), for another drain."""

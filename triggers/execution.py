@@ -44,6 +44,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F, Q
@@ -53,7 +54,7 @@ from agents.ai.errors import AIError, AIPermanentError
 from agents.models import Agent, ExecutionLog
 from agents.realtime import send_events_on_commit
 from agents.schemas import parse_schedule
-from agents.services import execution_logs_insert
+from agents.services import LogEntry, execution_logs_insert
 from config.services import rows_update
 from crm.dispatch import MAX_ATTEMPTS, Batch, batch_load, batch_writer
 from crm.models import CrmEvent
@@ -130,12 +131,18 @@ def remember_states(events: list[CrmEvent]) -> dict[int, dict[str, list] | None]
         rounds[seen].append((event, entity_type, values))
     remembered: dict[int, dict[str, list] | None] = {}
     now = connection.ops.adapt_datetimefield_value(timezone.now())
+    postgresql = connection.vendor == "postgresql"
     for rows in rounds:
-        params: list[Any] = []
-        for event, entity_type, values in rows:
-            params += [event.integration_id, entity_type, event.entity_id, json.dumps(values), event.id, now]
+        if postgresql:  # the rows as one JSON parameter (see config.services.rows_update)
+            cells = [[e.integration_id, entity_type, e.entity_id, values, e.id] for e, entity_type, values in rows]
+            params: list[Any] = [now, orjson.dumps(cells, option=orjson.OPT_NON_STR_KEYS).decode()]
+        else:
+            params = []
+            for event, entity_type, values in rows:
+                params += [event.integration_id, entity_type, event.entity_id, json.dumps(values), event.id, now]
+        statement = _remember_statement(connection.vendor, connection.ops.quote_name, 1 if postgresql else len(rows))
         with connection.cursor() as cursor:
-            cursor.execute(_remember_statement(connection.vendor, connection.ops.quote_name, len(rows)), params)
+            cursor.execute(statement, params)
             returned = {(row[0], row[1], row[2]): (row[3], row[4]) for row in cursor.fetchall()}
         for event, entity_type, _ in rows:
             previous, event_id = returned[(event.integration_id, entity_type, event.entity_id)]
@@ -158,15 +165,20 @@ def _remember_statement(vendor: str, quote: Callable[[str], str], rows: int = 1)
         for name in ("integration", "entity_type", "entity_id", "values", "previous", "event_id", "updated_at")
     )
     newer = f"({table}.{event_id} IS NULL OR {table}.{event_id} < EXCLUDED.{event_id})"
-    json_value = "%s::jsonb" if vendor == "postgresql" else "%s"
 
     def moved(column: str, to: str) -> str:
         return f"{column} = CASE WHEN {newer} THEN {to} ELSE {table}.{column} END"
 
-    row = f"(%s, %s, %s, {json_value}, NULL, %s, %s)"
+    if vendor == "postgresql":  # any number of rows, as one JSON array
+        source = (
+            "SELECT (r->>0)::bigint, r->>1, (r->>2)::bigint, r->3, NULL, (r->>4)::bigint, %s "
+            "FROM jsonb_array_elements(%s::jsonb) AS r"
+        )
+    else:
+        source = "VALUES " + ", ".join(["(%s, %s, %s, %s, NULL, %s, %s)"] * rows)
     return (
         f"INSERT INTO {table} ({integration}, {entity_type}, {entity_id}, {values}, {previous}, {event_id}, "
-        f"{updated_at}) VALUES {', '.join([row] * rows)} "
+        f"{updated_at}) {source} "
         f"ON CONFLICT ({integration}, {entity_type}, {entity_id}) DO UPDATE SET "
         f"{moved(previous, f'{table}.{values}')}, {moved(values, f'EXCLUDED.{values}')}, "
         f"{moved(updated_at, f'EXCLUDED.{updated_at}')}, {moved(event_id, f'EXCLUDED.{event_id}')} "
@@ -298,7 +310,7 @@ class _Plan:
     def __init__(self, event: CrmEvent, agent: Agent, facts: Facts, cause: Cause | None, started: float) -> None:
         self.event, self.agent, self.facts, self.cause, self.started = event, agent, facts, cause, started
         self.depth = cause.depth if cause else 0
-        self.skipped: list[ExecutionLog] = []
+        self.skipped: list[LogEntry] = []
         self.decided: list[tuple[Trigger, TriggerFiring | Result]] = []
         self.to_run: list[tuple[Trigger, TriggerFiring]] = []
         self.error: Exception | None = None
@@ -330,6 +342,7 @@ def _plan(event: CrmEvent, previous: dict[str, list] | None) -> _Plan | None:
     plan = _Plan(event, agent, facts, cause, started)
     firings = _firings(event)
     logged = _skips_logged(event) if event.attempts else set()
+    skips: list[tuple[Trigger, dict[str, Any]]] = []
     try:
         for trigger in triggers:
             firing = firings.get(trigger.pk)
@@ -339,11 +352,29 @@ def _plan(event: CrmEvent, previous: dict[str, list] | None) -> _Plan | None:
             result, why_not = _decide(trigger, facts, cause)
             if why_not is not None:
                 if trigger.pk not in logged:  # a retry does not log a skip twice
-                    plan.skipped.append(_skip_entry(trigger, event, why_not, cause, started))
+                    skips.append((trigger, why_not))
                 continue
             plan.decided.append((trigger, result))
     except Exception as exc:
         plan.error = exc
+    # the event's skips share its evaluation's end and duration
+    finished, duration_ms = timezone.now(), int((time.monotonic() - started) * 1000)
+    about = {"event_id": event.pk, "event": KIND_EVENTS.get(event.kind, event.kind)}
+    caused = {"cause": cause.as_dict()} if cause else {}
+    plan.skipped = [
+        LogEntry(
+            agent_id=trigger.agent_id,
+            kind=ExecutionLog.Kind.TRIGGER,
+            status=ExecutionLog.Status.SKIPPED,
+            ref_type="trigger",
+            ref_id=trigger.pk,
+            crm_lead_id=event.lead_id,
+            detail={"trigger": trigger.name, **about, **why_not, **caused},
+            duration_ms=duration_ms,
+            finished_at=finished,
+        )
+        for trigger, why_not in skips
+    ]
     return plan
 
 
@@ -403,9 +434,13 @@ class _BatchWork:
         if event.pk not in self.plans:
             events = self.batch.events
             at = next(n for n, e in enumerate(events) if e.pk == event.pk)
-            ahead = [
-                e for e in events[at : at + PLAN_AHEAD] if e.pk not in self.plans
-                and e.integration.integration_type == Integration.Type.KOMMO
+            # ahead only events never tried: every handler runs on them (a retry may run
+            # only the handlers that failed, and this one may not be among them)
+            kommo = Integration.Type.KOMMO
+            ahead = [event] + [
+                e
+                for e in events[at + 1 : at + PLAN_AHEAD]
+                if e.pk not in self.plans and not e.attempts and e.integration.integration_type == kommo
             ]
             previous = remember_states(ahead)
             plans = {e.pk: _plan(e, previous.get(e.pk)) for e in ahead}
@@ -426,16 +461,23 @@ class _BatchWork:
     def write(self) -> None:
         done, self.done = self.done, []
         self.writing = done  # until the transaction commits: what salvage() keeps
+        transaction.on_commit(lambda: self._committed(done))
         runs = [run for *_, unwritten in done for run in unwritten]
         rows_update(runs, ["status", "result", "error", "finished_at"])
         rows_update([firing for firing, *_ in done], ["status", "error", "finished_at"])
         rows_update([log for _, log, *_ in done if log is not None], _LOG_FIELDS)
         send_events_on_commit([live for _, _, live, _ in done])
 
+    def _committed(self, done: list) -> None:
+        if self.writing is done:
+            self.writing = []
+
     def salvage(self) -> None:
-        done, self.writing, self.done = self.writing + self.done, [], []
-        for *_, unwritten in done:
-            for run in unwritten:  # the action was done: that much is kept if the database allows
+        """The actions done are recorded one by one if the database allows; the rest
+        stays to be written with the batch's next done marks."""
+        self.done, self.writing = self.writing + self.done, []
+        for *_, unwritten in self.done:
+            for run in unwritten:
                 with contextlib.suppress(DatabaseError):
                     ActionRun.objects.filter(pk=run.pk).update(**run.unwritten)
 
@@ -542,32 +584,12 @@ def _decide(trigger: Trigger, facts: Facts, cause: Cause | None) -> tuple[Result
     if result.passed:
         return result, None
     failed = first_failure(result)
-    return result, {
-        "reason": failed.reason if failed else result.reason,
-        "failed": failed.as_dict() if failed else None,
-    }
-
-
-def _skip_entry(
-    trigger: Trigger, event: CrmEvent, why_not: dict[str, Any], cause: Cause | None, started: float
-) -> ExecutionLog:
-    return ExecutionLog(
-        agent_id=trigger.agent_id,
-        kind=ExecutionLog.Kind.TRIGGER,
-        status=ExecutionLog.Status.SKIPPED,
-        ref_type="trigger",
-        ref_id=trigger.pk,
-        crm_lead_id=event.lead_id,
-        detail={
-            "trigger": trigger.name,
-            "event_id": event.pk,
-            "event": KIND_EVENTS.get(event.kind, event.kind),
-            **why_not,
-            **({"cause": cause.as_dict()} if cause else {}),
-        },
-        duration_ms=int((time.monotonic() - started) * 1000),
-        finished_at=timezone.now(),
-    )
+    if failed is None:
+        return result, {"reason": result.reason, "failed": None}
+    detail = failed.as_dict()
+    if failed.field:  # one test: its reason is the skip's, and it did not pass
+        del detail["reason"], detail["passed"]
+    return result, {"reason": failed.reason, "failed": detail}
 
 
 def _fire(trigger: Trigger, event: CrmEvent, result: Result, depth: int, cause: Cause | None) -> TriggerFiring:
@@ -588,6 +610,7 @@ def _fire_all(
     PRECLAIMED_ACTIONS). The caller holds the transaction."""
     if not matches:
         return {}
+    explained = [result.as_dict() for _, _, result, _, _ in matches]
     logs = ExecutionLog.objects.bulk_create(
         [
             ExecutionLog(
@@ -601,11 +624,11 @@ def _fire_all(
                     "trigger": trigger.name,
                     "event_id": event.pk,
                     "event": KIND_EVENTS.get(event.kind, event.kind),
-                    "matched": result.as_dict(),
+                    "matched": explanation,
                     **({"cause": cause.as_dict()} if cause else {}),
                 },
             )
-            for trigger, event, result, _, cause in matches
+            for (trigger, event, _, _, cause), explanation in zip(matches, explained, strict=True)
         ]
     )
     firings = TriggerFiring.objects.bulk_create(
@@ -616,11 +639,11 @@ def _fire_all(
                 agent_id=trigger.agent_id,
                 crm_lead_id=event.lead_id,
                 actions=list(trigger.actions),
-                explanation=result.as_dict(),
+                explanation=explanation,
                 depth=depth,
                 log=log,
             )
-            for (trigger, event, result, depth, _), log in zip(matches, logs, strict=True)
+            for (trigger, event, _, depth, _), log, explanation in zip(matches, logs, explained, strict=True)
         ]
     )
     now = timezone.now()

@@ -867,3 +867,87 @@ def test_lead_states_of_a_batch_are_remembered_in_order_one_statement_a_round(ko
     # sees the same change as the first time
     again = remember_states(events)
     assert again[first[0]] is None and again[second[0]]["price"] == [100]
+
+
+def test_a_retry_decides_no_event_whose_trigger_handling_it_does_not_rerun(agent, kommo, crm_api, settings):
+    """A retry batch runs only the handlers that failed: an event whose triggers were
+    handled already is not decided again (it would get firings nobody runs)."""
+    from crm.dispatch import events_process
+
+    settings.CRM_EVENT_HANDLERS = ["triggers.execution.run_triggers", "crm.handlers.log_event"]
+    first, second = (deliver(kommo, won_form(LEAD + n))[0] for n in (1, 2))
+    CrmEvent.objects.filter(pk__in=[first, second]).update(attempts=1)
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=[{"type": "add_note", "text": "Hi"}])
+    crm_api.post(f"{CRM}/api/v4/leads/{LEAD + 1}/notes", json={"_embedded": {"notes": [{"id": 1}]}})
+
+    events_process(
+        event_ids=[first, second],
+        pending_handlers={first: ["triggers.execution.run_triggers"], second: ["crm.handlers.log_event"]},
+    )
+
+    assert list(TriggerFiring.objects.values_list("event_id", "status")) == [(first, "done")]
+
+
+def test_outcomes_whose_write_failed_are_written_with_the_next(agent, kommo, crm_api, monkeypatch):
+    """A failed write of the batch's outcomes keeps them pending: the next write (here the
+    one at the batch's end) records the firing and its event together."""
+    from django.db import OperationalError
+
+    from crm import dispatch
+    from triggers import execution
+
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=[{"type": "add_note", "text": "Hi"}])
+    ids = [deliver(kommo, won_form(LEAD + n))[0] for n in (1, 2)]
+    for n in (1, 2):
+        crm_api.post(f"{CRM}/api/v4/leads/{LEAD + n}/notes", json={"_embedded": {"notes": [{"id": n}]}})
+    monkeypatch.setattr(dispatch, "OUTCOMES_EVERY_SECONDS", 0)  # a write after every event
+    real, failures = execution._BatchWork.write, []
+
+    def fails_once(self):
+        real(self)
+        if not failures:
+            failures.append(1)
+            raise OperationalError("the database went away for a moment")
+
+    monkeypatch.setattr(execution._BatchWork, "write", fails_once)
+    with pytest.raises(OperationalError):
+        process_events(ids)
+
+    first = TriggerFiring.objects.get(event_id=ids[0])
+    assert first.status == "done" and CrmEvent.objects.get(pk=ids[0]).status == "done"
+    assert LiveEvent.objects.filter(type="trigger.fired").count() == 1
+    assert CrmEvent.objects.get(pk=ids[1]).status == "pending"  # not begun: the batch stopped
+    # its firing was written with the first's; its claimed first action is given back
+    (run,) = ActionRun.objects.filter(firing__event_id=ids[1])
+    assert (run.status, run.attempts, run.claimed_at) == ("pending", 0, None)
+    process_events(ids[1:])
+    assert TriggerFiring.objects.get(event_id=ids[1]).status == "done"
+    assert len(calls(crm_api, "/notes")) == 2
+
+
+def test_outcomes_written_once_are_not_written_again_when_a_later_write_fails(agent, kommo, crm_api, monkeypatch):
+    from django.db import OperationalError
+
+    from crm import dispatch
+    from triggers import execution
+
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=[{"type": "add_note", "text": "Hi"}])
+    ids = [deliver(kommo, won_form(LEAD + n))[0] for n in (1, 2)]
+    for n in (1, 2):
+        crm_api.post(f"{CRM}/api/v4/leads/{LEAD + n}/notes", json={"_embedded": {"notes": [{"id": n}]}})
+    monkeypatch.setattr(dispatch, "OUTCOMES_EVERY_SECONDS", 0)  # a write after every event
+    real, writes = execution._BatchWork.write, []
+
+    def second_fails(self):
+        real(self)
+        writes.append(1)
+        if len(writes) == 2:
+            raise OperationalError("the database went away for a moment")
+
+    monkeypatch.setattr(execution._BatchWork, "write", second_fails)
+    with pytest.raises(OperationalError):  # the second write fails, the one at the batch's end succeeds
+        process_events(ids)
+
+    assert set(TriggerFiring.objects.values_list("status", flat=True)) == {"done"}
+    assert LiveEvent.objects.filter(type="trigger.fired").count() == 2
+    assert set(CrmEvent.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"done"}
