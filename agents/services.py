@@ -160,8 +160,7 @@ def execution_logs_insert(*, entries: Sequence[ExecutionLog | LogEntry]) -> None
             adapted[entry.finished_at] = ops.adapt_datetimefield_value(entry.finished_at)
         rows.append([
             entry.agent_id, entry.kind, entry.status, entry.ref_type, entry.ref_id, entry.crm_lead_id,
-            entry.detail, entry.error,
-            entry.duration_ms, now, adapted[entry.finished_at],
+            entry.detail, entry.error, entry.duration_ms, now, adapted[entry.finished_at],
         ])  # fmt: skip
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":

@@ -363,12 +363,7 @@ def _plan(event: CrmEvent, previous: dict[str, list] | None) -> _Plan | None:
     caused = {"cause": cause.as_dict()} if cause else {}
     plan.skipped = [
         LogEntry(
-            agent_id=trigger.agent_id,
-            kind=ExecutionLog.Kind.TRIGGER,
-            status=ExecutionLog.Status.SKIPPED,
-            ref_type="trigger",
-            ref_id=trigger.pk,
-            crm_lead_id=event.lead_id,
+            **_log_fields(trigger, event, ExecutionLog.Status.SKIPPED),
             detail={"trigger": trigger.name, **about, **why_not, **caused},
             duration_ms=duration_ms,
             finished_at=finished,
@@ -376,6 +371,18 @@ def _plan(event: CrmEvent, previous: dict[str, list] | None) -> _Plan | None:
         for trigger, why_not in skips
     ]
     return plan
+
+
+def _log_fields(trigger: Trigger, event: CrmEvent, status: str) -> dict[str, Any]:
+    """What a trigger's execution log entry about an event says besides its detail."""
+    return {
+        "agent_id": trigger.agent_id,
+        "kind": ExecutionLog.Kind.TRIGGER,
+        "status": status,
+        "ref_type": "trigger",
+        "ref_id": trigger.pk,
+        "crm_lead_id": event.lead_id,
+    }
 
 
 def _record(plans: list[_Plan]) -> None:
@@ -614,12 +621,7 @@ def _fire_all(
     logs = ExecutionLog.objects.bulk_create(
         [
             ExecutionLog(
-                agent_id=trigger.agent_id,
-                kind=ExecutionLog.Kind.TRIGGER,
-                status=ExecutionLog.Status.STARTED,
-                ref_type="trigger",
-                ref_id=trigger.pk,
-                crm_lead_id=event.lead_id,
+                **_log_fields(trigger, event, ExecutionLog.Status.STARTED),
                 detail={
                     "trigger": trigger.name,
                     "event_id": event.pk,
