@@ -295,3 +295,34 @@ async def test_relay_retries_a_failed_start_and_then_delivers_news_only(user, se
         await DatabaseRelay.detach()
 
     assert message["event"] == as_sent(news)
+
+
+@pytest.mark.django_db
+def test_many_events_are_stored_together_and_each_reaches_its_owner_on_commit(
+    user, other_user, monkeypatch, django_capture_on_commit_callbacks
+):
+    sent = []
+
+    class Layer:
+        async def group_send(self, group, message):
+            if message["event"]["payload"].get("n") == 2:
+                raise ConnectionError("the layer dropped one")  # the others still go
+            sent.append((group, message["event"]["type"], message["event"]["payload"]))
+
+    monkeypatch.setattr(realtime, "layer_is_shared", lambda: True)
+    monkeypatch.setattr(realtime, "get_channel_layer", lambda: Layer())
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        stored = realtime.send_events_on_commit(
+            [
+                {"owner_id": user.id, "type": "trigger.fired", "payload": {"n": 1}},
+                {"owner_id": other_user.id, "type": "trigger.fired", "payload": {"n": 2}},
+                {"owner_id": other_user.id, "type": "trigger.fired", "payload": {"n": 3}},
+            ]
+        )
+        assert sent == []  # nothing before the commit
+    assert len(callbacks) == 1 and all(event.id for event in stored)
+    assert LiveEvent.objects.count() == 3
+    assert sent == [
+        (group_name(user.id), "trigger.fired", {"n": 1}),
+        (group_name(other_user.id), "trigger.fired", {"n": 3}),
+    ]
