@@ -450,7 +450,14 @@ class _BatchWork:
                 if e.pk not in self.plans and not e.attempts and e.integration.integration_type == kommo
             ]
             previous = remember_states(ahead)
-            plans = {e.pk: _plan(e, previous.get(e.pk)) for e in ahead}
+            plans: dict[int, _Plan | None] = {}
+            for e in ahead:
+                try:
+                    plans[e.pk] = _plan(e, previous.get(e.pk))
+                except Exception:
+                    if e is event:
+                        raise
+                    # decided at its own turn instead, where the failure is its own
             _record([plan for plan in plans.values() if plan is not None])
             self.plans.update(plans)
         return self.plans.pop(event.pk)

@@ -951,3 +951,27 @@ def test_outcomes_written_once_are_not_written_again_when_a_later_write_fails(ag
     assert set(TriggerFiring.objects.values_list("status", flat=True)) == {"done"}
     assert LiveEvent.objects.filter(type="trigger.fired").count() == 2
     assert set(CrmEvent.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"done"}
+
+
+def test_an_event_failing_to_be_decided_ahead_fails_alone_not_the_event_that_decided_it(
+    agent, kommo, crm_api, monkeypatch
+):
+    from triggers import execution
+
+    make_trigger(agent, event="lead_status_changed", conditions=[], actions=[{"type": "add_note", "text": "Hi"}])
+    ids = [deliver(kommo, won_form(LEAD + n))[0] for n in (1, 2)]
+    crm_api.post(f"{CRM}/api/v4/leads/{LEAD + 1}/notes", json={"_embedded": {"notes": [{"id": 1}]}})
+    real = execution.event_facts
+
+    def broken_for_the_second(event, *args):
+        if event.pk == ids[1]:
+            raise ValueError("a bug in one event's facts")
+        return real(event, *args)
+
+    monkeypatch.setattr(execution, "event_facts", broken_for_the_second)
+    process_events(ids)
+
+    assert CrmEvent.objects.get(pk=ids[0]).status == "done"
+    assert TriggerFiring.objects.get(event_id=ids[0]).status == "done"
+    second = CrmEvent.objects.get(pk=ids[1])
+    assert second.status == "failed" and "a bug in one event's facts" in second.error
