@@ -371,3 +371,32 @@ def test_serve_stops_the_web_server_and_fails_when_the_worker_dies(serve_factory
     while alive(tree) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(tree), f"left running: {alive(tree)}"
+
+
+# --- worker ------------------------------------------------------------------------------------
+def test_the_worker_freezes_its_start_up_heap_before_forking_and_in_each_worker_process(monkeypatch):
+    import gc
+
+    from django_q.signals import post_spawn
+
+    seen: dict[str, int] = {}
+
+    class Cluster:  # django-q2's cluster, without its processes
+        sentinel = None
+
+        def start(self) -> None:
+            seen["frozen at fork"] = gc.get_freeze_count()
+
+    monkeypatch.setattr("django_q.cluster.Cluster", Cluster)
+    gc.unfreeze()
+    try:
+        run("worker", "--no-dispatcher")
+        assert seen["frozen at fork"] > 10_000  # Django and the task code, imported before
+        assert {"crm.tasks", "agents.tasks", "sequences.tasks", "triggers.execution"} <= set(sys.modules)
+        gc.unfreeze()
+        # a worker process, started or recycled, freezes what it holds as it starts
+        post_spawn.send(sender="django_q", proc_name="Process-1:1")
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
+        post_spawn.disconnect(dispatch_uid="worker.settle_heap")
