@@ -17,11 +17,12 @@ Per event:
 
 Exactly once: a repeated event (the sweeper, a redelivered task, a retry) finds the
 firing and its done actions and does only what is left. An action found "running" was
-interrupted (a worker killed mid-action): a stage, field or tag change is done again
-(the same result twice); a message is sent only if its row (keyed by the action, written
-before the channel is called) shows it never went out, found done if it did, and failed
-if that is unknown; a task or note is not done again, so it happens at most once, and
-the action is failed with that reason instead. An action claimed less than
+interrupted (a worker killed mid-action): a stage, field or tag change, a sequence start
+or stop and a calendar booking are done again (the same result twice); a message is sent
+only if its row (keyed by the action, written before the channel is called) shows it
+never went out, found done if it did, and failed if that is unknown; a task or note is
+looked for among the lead's in the CRM (by its text, since shortly before the claim) and
+made only if it is not there. An action claimed less than
 ACTION_CLAIM_TIMEOUT ago is another worker's, and is left to it.
 
 Failures: a transient one (the CRM's or a messenger's 5xx, 429, timeouts, the AI
